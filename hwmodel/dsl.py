@@ -1,0 +1,298 @@
+"""The kernel DSL (Ascend-C flavoured Python) and the recorder that turns a kernel into a trace.
+
+A kernel is `kernel(k, *tensors)`, run once per core (SPMD). It allocates buffers
+statically, then issues ops through `k`; each op is checked against the machine's rules
+where it happens and appended to the core's trace. No data is touched here.
+"""
+from __future__ import annotations
+
+import gc
+import sys
+from contextlib import contextmanager
+from dataclasses import dataclass
+from math import ceil, prod
+from typing import Callable, Sequence
+
+from hwmodel.dtypes import BITS, check_dtype, nbytes
+from hwmodel.errors import BoundsError, CapacityError, HwError, ShapeError
+from hwmodel.ops import Op, check_op
+from hwmodel.spec import MachineSpec
+from hwmodel.views import BufferDecl, Ring, TensorDecl, View
+
+
+@dataclass(frozen=True)
+class Trace:
+    """What a kernel did on every core: GM tensors, per-core buffers and per-core ops."""
+
+    machine: str
+    tensors: tuple[TensorDecl, ...]
+    buffers: tuple[tuple[BufferDecl, ...], ...]
+    ops: tuple[tuple[Op, ...], ...]
+
+    @property
+    def num_ops(self) -> int:
+        return sum(len(o) for o in self.ops)
+
+
+def slot_bytes(machine: MachineSpec, space: str, shape: tuple[int, ...], dtype: str) -> int:
+    """Bytes one slot occupies: rows padded to the alignment, fractal memories to whole fractals."""
+    mem = machine.memories[space]
+    cols = shape[-1] if shape else 1
+    rows = prod(shape[:-1]) if len(shape) > 1 else 1
+    row_bytes = ceil(nbytes(dtype, cols) / mem.alignment_bytes) * mem.alignment_bytes
+    if mem.fractal_rows > 1:
+        rows = ceil(rows / mem.fractal_rows) * mem.fractal_rows
+    return rows * row_bytes
+
+
+class _Workspaces:
+    """GM scratch tensors shared by all cores: the n-th request on every core is one tensor."""
+
+    def __init__(self, first_id: int):
+        self.next_id = first_id
+        self.decls: list[TensorDecl] = []
+
+    def get(self, index: int, shape: tuple[int, ...], dtype: str, name: str) -> TensorDecl:
+        if index < len(self.decls):
+            decl = self.decls[index]
+            if decl.shape != shape or decl.dtype != dtype:
+                raise ShapeError(f"workspace #{index} was requested as {decl.shape} {decl.dtype} by another "
+                                 f"core and as {shape} {dtype} here; every core must request the same workspaces")
+            return decl
+        decl = TensorDecl(self.next_id, name, shape, dtype, "workspace")
+        self.next_id += 1
+        self.decls.append(decl)
+        return decl
+
+
+class Kernel:
+    """What a kernel sees: its core id, static allocation, and the machine's ops."""
+
+    def __init__(self, machine: MachineSpec, core_id: int, workspaces: _Workspaces):
+        self.core_id = core_id
+        self.num_cores = machine.num_cores
+        self.machine_name = machine.name
+        self._machine = machine
+        self._workspaces = workspaces
+        self._n_workspaces = 0
+        self._ops: list[Op] = []
+        self._buffers: list[BufferDecl] = []
+        self._used = {name: 0 for name in machine.memories}
+
+    # ------------------------------------------------------------ allocation
+    def alloc(self, space: str, shape: Sequence[int], dtype: str, count: int = 1, name: str = "") -> View | Ring:
+        """Allocate `count` slots of `shape` in `space`; count > 1 returns a ring indexed by slot."""
+        machine = self._machine
+        if space not in machine.memories:
+            raise HwError(f"alloc: {machine.name} has no on-chip memory {space!r}; "
+                          f"it has {', '.join(machine.memories)} (GM tensors come from k.workspace)")
+        shape = tuple(int(s) for s in shape)
+        if not shape or any(s <= 0 for s in shape):
+            raise ShapeError(f"alloc: shape {shape} must have at least one dimension, all positive")
+        check_dtype(dtype)
+        if count < 1:
+            raise ShapeError(f"alloc: count must be >= 1, got {count}")
+        name = name or f"{space.lower()}_{len(self._buffers)}"
+        need = slot_bytes(machine, space, shape, dtype) * count
+        cap = machine.memories[space].capacity_bytes
+        if self._used[space] + need > cap:
+            raise CapacityError(
+                f"{space}: {self._used[space] + need:,} B requested, {cap:,} B capacity "
+                f"({self._used[space]:,} B already allocated + {need:,} B for {name!r} {shape} {dtype} x{count}); "
+                "use smaller tiles or fewer slots")
+        self._used[space] += need
+        decl = BufferDecl(len(self._buffers), space, shape, dtype, int(count), name)
+        self._buffers.append(decl)
+        return Ring(decl) if count > 1 else View.whole(space, decl.id, 0, shape, dtype)
+
+    def workspace(self, shape: Sequence[int], dtype: str, name: str = "") -> View:
+        """A GM scratch tensor shared by all cores (write it, k.barrier(), then read it)."""
+        shape = tuple(int(s) for s in shape)
+        check_dtype(dtype)
+        index = self._n_workspaces
+        self._n_workspaces += 1
+        decl = self._workspaces.get(index, shape, dtype, name or f"workspace_{index}")
+        return View.whole("GM", decl.id, 0, decl.shape, decl.dtype)
+
+    def capacity(self, space: str) -> int:
+        """Bytes of `space` still free on this core."""
+        return self._machine.memories[space].capacity_bytes - self._used[space]
+
+    def has_path(self, src: str, dst: str) -> bool:
+        """Whether the machine can copy src -> dst (e.g. 910B drains L0C straight to GM)."""
+        return self._machine.path(src, dst) is not None
+
+    def fractal(self, dtype: str) -> tuple[int, int, int]:
+        """The cube's (m, n, k) fractal for `dtype` inputs."""
+        mode = self._machine.cube.modes[dtype]
+        return mode.m, mode.n, mode.k
+
+    # ------------------------------------------------------------ work distribution
+    def tiles(self, shape: Sequence[int], tile: Sequence[int], order: str = "row", group: int = 1) -> list:
+        """This core's share of the 2-D tile grid over `shape`, round-robin over cores.
+
+        order="row" walks tiles row by row; "col" column by column; group=G walks bands of
+        G tile-rows column by column (swizzle), so cores running together share panels.
+        """
+        rows, cols = int(shape[0]), int(shape[1])
+        tr, tc = int(tile[0]), int(tile[1])
+        nr, nc = ceil(rows / tr), ceil(cols / tc)
+        if order == "row" and group == 1:
+            seq = [(i, j) for i in range(nr) for j in range(nc)]
+        elif order == "col":
+            seq = [(i, j) for j in range(nc) for i in range(nr)]
+        elif order == "row":
+            seq = [(i, j) for b in range(0, nr, group) for j in range(nc) for i in range(b, min(b + group, nr))]
+        else:
+            raise ValueError(f"tiles: order must be 'row' or 'col', got {order!r}")
+        return [(i * tr, j * tc) for (i, j) in seq[self.core_id::self.num_cores]]
+
+    # ------------------------------------------------------------ ops
+    def _emit(self, kind: str, dst: tuple, src: tuple, params: tuple = ()) -> None:
+        op = Op(kind, dst, src, params, sys._getframe(2).f_lineno)
+        try:
+            check_op(op, self._machine)
+        except AttributeError:
+            bad = next((v for v in dst + src if not isinstance(v, View)), None)
+            if bad is None:
+                raise
+            raise HwError(f"{kind}: operands must be tensor or buffer views, got {type(bad).__name__} "
+                          "(index a ring with its slot number: buf[i % 2])") from None
+        self._ops.append(op)
+
+    def copy(self, dst: View, src: View) -> None:
+        """Move data along a data path of the machine (MTE pipes; L0C->UB on the vector side)."""
+        self._emit("copy", (dst,), (src,))
+
+    def mma(self, acc: View, a: View, b: View, accumulate: bool = False, transpose_b: bool = False) -> None:
+        """acc (L0C) (+)= a (L0A, MxK) @ b (L0B, KxN, or NxK with transpose_b) on the cube."""
+        self._emit("mma", (acc,), (a, b), (bool(accumulate), bool(transpose_b)))
+
+    def cast(self, dst: View, src: View) -> None:
+        """Convert dtype (round to nearest even; saturating for integers)."""
+        self._emit("cast", (dst,), (src,))
+
+    def split_fp16(self, hi: View, lo: View, src: View, shift: int = 11) -> None:
+        """hi = fp16(src); lo = fp16((src - hi) * 2**shift): src == hi + lo * 2**-shift to ~22 bits."""
+        if not isinstance(shift, int) or not 0 <= shift <= 24:
+            raise HwError(f"split_fp16: shift must be an int in 0..24, got {shift!r}")
+        self._emit("split_fp16", (hi, lo), (src,), (shift,))
+
+    def fill(self, dst: View, value: float) -> None:
+        self._emit("fill", (dst,), (), (float(value),))
+
+    def add(self, dst: View, a: View, b: View) -> None:
+        self._emit("add", (dst,), (a, b))
+
+    def sub(self, dst: View, a: View, b: View) -> None:
+        self._emit("sub", (dst,), (a, b))
+
+    def mul(self, dst: View, a: View, b: View) -> None:
+        self._emit("mul", (dst,), (a, b))
+
+    def div(self, dst: View, a: View, b: View) -> None:
+        self._emit("div", (dst,), (a, b))
+
+    def max(self, dst: View, a: View, b: View) -> None:
+        self._emit("max", (dst,), (a, b))
+
+    def min(self, dst: View, a: View, b: View) -> None:
+        self._emit("min", (dst,), (a, b))
+
+    def adds(self, dst: View, src: View, scalar: float) -> None:
+        self._emit("adds", (dst,), (src,), (float(scalar),))
+
+    def muls(self, dst: View, src: View, scalar: float) -> None:
+        self._emit("muls", (dst,), (src,), (float(scalar),))
+
+    def maxs(self, dst: View, src: View, scalar: float) -> None:
+        self._emit("maxs", (dst,), (src,), (float(scalar),))
+
+    def axpy(self, dst: View, src: View, alpha: float = 1.0) -> None:
+        """dst += alpha * src."""
+        self._emit("axpy", (dst,), (src, dst), (float(alpha),))
+
+    def mla(self, dst: View, a: View, b: View) -> None:
+        """dst += a * b (operands broadcast: (M,1) x (1,N) is a rank-1 update)."""
+        self._emit("mla", (dst,), (a, b, dst))
+
+    def exp(self, dst: View, src: View) -> None:
+        self._emit("exp", (dst,), (src,))
+
+    def abs(self, dst: View, src: View) -> None:
+        self._emit("abs", (dst,), (src,))
+
+    def reduce_max(self, dst: View, src: View) -> None:
+        """Max per row (dst (M,1)) or per column (dst (1,N))."""
+        self._emit("reduce_max", (dst,), (src,))
+
+    def reduce_sum(self, dst: View, src: View) -> None:
+        """Sum per row (dst (M,1)) or per column (dst (1,N))."""
+        self._emit("reduce_sum", (dst,), (src,))
+
+    def quantize(self, dst: View, src: View, scale: View) -> None:
+        """dst = saturate(round_half_even(src / scale)); scale (M,1) per row or (1,N) per column."""
+        self._emit("quantize", (dst,), (src, scale))
+
+    def dequantize(self, dst: View, src: View, scale_rows: View, scale_cols: View) -> None:
+        """dst = src * scale_rows * scale_cols (an integer GEMM result back to fp32)."""
+        self._emit("dequantize", (dst,), (src, scale_rows, scale_cols))
+
+    def lut(self, dst: View, src: View, breakpoints: Sequence[float], slopes: Sequence[float],
+            intercepts: Sequence[float]) -> None:
+        """Piecewise-linear function: segment i (between breakpoints i-1 and i) gives slope*x + intercept.
+
+        Breakpoints, slopes and intercepts are quantized to fp16 (the table's storage format).
+        """
+        bp, sl, ic = (tuple(float(x) for x in seq) for seq in (breakpoints, slopes, intercepts))
+        if len(sl) != len(bp) + 1 or len(ic) != len(bp) + 1:
+            raise ShapeError(f"lut: {len(bp)} breakpoints need {len(bp) + 1} slopes and intercepts, "
+                             f"got {len(sl)} and {len(ic)}")
+        if list(bp) != sorted(bp) or not 1 <= len(bp) <= 64:
+            raise ShapeError(f"lut: breakpoints must be sorted, 1..64 of them; got {len(bp)}")
+        self._emit("lut", (dst,), (src,), (bp, sl, ic))
+
+    def barrier(self) -> None:
+        """All cores wait here until every core has arrived (GM writes before it are visible after)."""
+        self._ops.append(Op("barrier", (), (), (), sys._getframe(1).f_lineno))
+
+
+KernelFn = Callable[..., None]
+
+
+@contextmanager
+def paused_gc():
+    """Traces are hundreds of thousands of small acyclic objects: the cyclic collector would
+    rescan them over and over (it doubled recording time), so it pauses while they are built."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
+def record_trace(kernel_fn: KernelFn, machine: MachineSpec, tensors: Sequence[TensorDecl]) -> Trace:
+    """Run the kernel's Python once per core and collect what it issued."""
+    workspaces = _Workspaces(first_id=max((t.id for t in tensors), default=-1) + 1)
+    args = [View.whole("GM", t.id, 0, t.shape, t.dtype) for t in tensors]
+    buffers, ops = [], []
+    with paused_gc():
+        for core in range(machine.num_cores):
+            k = Kernel(machine, core, workspaces)
+            kernel_fn(k, *args)
+            buffers.append(tuple(k._buffers))
+            ops.append(tuple(k._ops))
+    barriers = {sum(1 for op in core_ops if op.kind == "barrier") for core_ops in ops}
+    if len(barriers) > 1:
+        raise HwError(f"barrier: cores reach different numbers of barriers ({sorted(barriers)}); "
+                      "every core must call k.barrier() the same number of times or the chip deadlocks")
+    return Trace(machine.name, tuple(tensors) + tuple(workspaces.decls), tuple(buffers), tuple(ops))
+
+
+def tensor_bytes(decl: TensorDecl) -> int:
+    return nbytes(decl.dtype, prod(decl.shape))
+
+
+__all__ = ["Kernel", "Trace", "record_trace", "BITS", "BoundsError"]

@@ -1,0 +1,192 @@
+"""Numeric replay of a trace: real numbers through the ops, and which outputs were written.
+
+Cores run phase by phase (phases are separated by barriers), so GM workspaces written
+before a barrier are seen after it. With `cores` given, only those cores are replayed in
+the last phase (sampled validation); earlier phases always run on every core.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from hwmodel import numerics
+from hwmodel.dtypes import FLOATS, NUMPY
+from hwmodel.dsl import Trace
+from hwmodel.ops import Op
+from hwmodel.spec import MachineSpec
+from hwmodel.views import View
+
+_POISON_INT = 0x5A  # uninitialised integer buffers hold garbage, not zeros
+
+
+def _index(v: View) -> tuple:
+    return tuple(slice(o, o + e) for o, e in zip(v.offset, v.extent))
+
+
+class _Memory:
+    """The arrays of one replay: GM tensors by id, and each core's buffers by id."""
+
+    def __init__(self, gm: dict[int, np.ndarray]):
+        self.gm = gm
+        self.cores: dict[int, dict[int, np.ndarray]] = {}
+        self.local: dict[int, np.ndarray] = {}
+
+    def select_core(self, core: int, buffers) -> None:
+        if core not in self.cores:
+            self.cores[core] = {d.id: _uninitialised((d.count, *d.shape), d.dtype) for d in buffers}
+        self.local = self.cores[core]
+
+    def _base(self, v: View) -> np.ndarray:
+        return self.gm[v.base] if v.space == "GM" else self.local[v.base][v.slot]
+
+    def read(self, v: View) -> np.ndarray:
+        return self._base(v)[_index(v)].reshape(v.shape)
+
+    def write(self, v: View, value: np.ndarray) -> None:
+        base = self._base(v)
+        base[_index(v)] = np.asarray(value).astype(base.dtype, copy=False).reshape(v.extent)
+
+
+def _uninitialised(shape: tuple[int, ...], dtype: str) -> np.ndarray:
+    if dtype in FLOATS:
+        return np.full(shape, np.nan, NUMPY[dtype])
+    return np.full(shape, _POISON_INT, np.int64).astype(NUMPY[dtype])
+
+
+def _phases(ops: tuple[Op, ...]) -> list[list[Op]]:
+    phases: list[list[Op]] = [[]]
+    for op in ops:
+        if op.kind == "barrier":
+            phases.append([])
+        else:
+            phases[-1].append(op)
+    return phases
+
+
+def run_numeric(trace: Trace, machine: MachineSpec, gm: dict[int, np.ndarray],
+                cores: set[int] | None = None) -> dict[int, np.ndarray]:
+    """Replay `trace` on the GM arrays (modified in place). Returns, per output tensor id, a
+    boolean mask of the elements that some op wrote (on any core, replayed or not)."""
+    mem = _Memory(gm)
+    per_core = [_phases(ops) for ops in trace.ops]
+    n_phases = len(per_core[0]) if per_core else 0
+    for phase in range(n_phases):
+        for core, phases in enumerate(per_core):
+            if phase == n_phases - 1 and cores is not None and core not in cores:
+                continue
+            mem.select_core(core, trace.buffers[core])
+            for op in phases[phase]:
+                _HANDLERS[op.kind](op, mem, machine)
+    return coverage(trace)
+
+
+def coverage(trace: Trace) -> dict[int, np.ndarray]:
+    """Per output tensor id, the elements written by some GM copy on any core."""
+    written = {t.id: np.zeros(t.shape, bool) for t in trace.tensors if t.role == "output"}
+    for core_ops in trace.ops:
+        for op in core_ops:
+            if op.kind == "copy" and op.dst[0].space == "GM" and op.dst[0].base in written:
+                v = op.dst[0]
+                written[v.base][_index(v)] = True
+    return written
+
+
+# ---------------------------------------------------------------- op semantics
+def _copy(op: Op, mem: _Memory, machine: MachineSpec) -> None:
+    mem.write(op.dst[0], mem.read(op.src[0]))
+
+
+def _mma(op: Op, mem: _Memory, machine: MachineSpec) -> None:
+    acc_view, = op.dst
+    a_view, b_view = op.src
+    accumulate, transpose_b = op.params
+    b = mem.read(b_view)
+    acc = mem.read(acc_view) if accumulate else None
+    out = numerics.cube_matmul(acc, mem.read(a_view), b.T if transpose_b else b,
+                               machine.cube.accumulation, machine.cube.accumulation_group_k)
+    mem.write(acc_view, out)
+
+
+def _float_result(op: Op, mem: _Memory, fn) -> None:
+    """Compute in float64 from the operands, round once to the destination dtype."""
+    dst = op.dst[0]
+    args = [mem.read(s).astype(np.float64) for s in op.src]
+    with np.errstate(all="ignore"):
+        value = fn(*args)
+    mem.write(dst, numerics.cast(np.broadcast_to(value, dst.shape), dst.dtype))
+
+
+_ARITH = {
+    "add": np.add, "sub": np.subtract, "mul": np.multiply, "div": np.divide,
+    "max": np.maximum, "min": np.minimum, "exp": np.exp, "abs": np.abs,
+}
+
+
+def _arith(op: Op, mem: _Memory, machine: MachineSpec) -> None:
+    fn = _ARITH[op.kind]
+    if op.dst[0].dtype in FLOATS:
+        _float_result(op, mem, fn)
+    else:  # integer add/sub/max/min: exact, then saturate
+        args = [mem.read(s).astype(np.int64) for s in op.src]
+        mem.write(op.dst[0], numerics.cast(np.broadcast_to(fn(*args), op.dst[0].shape), op.dst[0].dtype))
+
+
+def _scalar(op: Op, mem: _Memory, machine: MachineSpec) -> None:
+    c = op.params[0]
+    fn = {"adds": lambda x: x + c, "muls": lambda x: x * c, "maxs": lambda x: np.maximum(x, c)}[op.kind]
+    _float_result(op, mem, fn)
+
+
+def _axpy(op: Op, mem: _Memory, machine: MachineSpec) -> None:
+    alpha = op.params[0]
+    _float_result(op, mem, lambda x, y: y + alpha * x)
+
+
+def _mla(op: Op, mem: _Memory, machine: MachineSpec) -> None:
+    _float_result(op, mem, lambda a, b, acc: acc + a * b)
+
+
+def _fill(op: Op, mem: _Memory, machine: MachineSpec) -> None:
+    dst = op.dst[0]
+    mem.write(dst, numerics.cast(np.full(dst.shape, op.params[0]), dst.dtype))
+
+
+def _reduce(op: Op, mem: _Memory, machine: MachineSpec) -> None:
+    dst, = op.dst
+    src = mem.read(op.src[0])
+    src = src.reshape(1, -1) if src.ndim == 1 else src
+    axis = 1 if dst.shape[-1] == 1 and src.shape[1] != 1 else 0
+    fn = np.max if op.kind == "reduce_max" else np.sum
+    value = fn(src.astype(np.float64) if dst.dtype in FLOATS else src.astype(np.int64), axis=axis, keepdims=True)
+    mem.write(dst, numerics.cast(value, dst.dtype))
+
+
+def _cast(op: Op, mem: _Memory, machine: MachineSpec) -> None:
+    mem.write(op.dst[0], numerics.cast(mem.read(op.src[0]), op.dst[0].dtype))
+
+
+def _split(op: Op, mem: _Memory, machine: MachineSpec) -> None:
+    hi_view, lo_view = op.dst
+    hi, lo = numerics.split_fp16(mem.read(op.src[0]), op.params[0], hi_view.dtype)
+    mem.write(hi_view, hi)
+    mem.write(lo_view, lo)
+
+
+def _quantize(op: Op, mem: _Memory, machine: MachineSpec) -> None:
+    src, scale = (mem.read(s) for s in op.src)
+    mem.write(op.dst[0], numerics.quantize(src, scale, op.dst[0].dtype))
+
+
+def _dequantize(op: Op, mem: _Memory, machine: MachineSpec) -> None:
+    _float_result(op, mem, lambda q, sr, sc: q * sr * sc)
+
+
+def _lut(op: Op, mem: _Memory, machine: MachineSpec) -> None:
+    mem.write(op.dst[0], numerics.lut(mem.read(op.src[0]), *op.params))
+
+
+_HANDLERS = {
+    "copy": _copy, "mma": _mma, "cast": _cast, "split_fp16": _split, "fill": _fill, "axpy": _axpy, "mla": _mla,
+    "quantize": _quantize, "dequantize": _dequantize, "lut": _lut,
+    "reduce_max": _reduce, "reduce_sum": _reduce,
+    **{k: _arith for k in _ARITH}, **{k: _scalar for k in ("adds", "muls", "maxs")},
+}

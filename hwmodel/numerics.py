@@ -1,0 +1,84 @@
+"""Bit-level arithmetic of the simulated units, in numpy.
+
+The cube sums exact products in groups of `group_k` and rounds each group into the FP32
+accumulator with the preset's rounding (nearest-even, or truncation toward zero as NVIDIA
+tensor cores do); integer modes are exact. The vector unit rounds each result to its
+destination type with round-to-nearest-even.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from hwmodel.dtypes import FLOATS, INT_RANGE, NUMPY
+
+
+def round_fp32(x: np.ndarray, mode: str) -> np.ndarray:
+    """Round float64 values to float32: 'rne' (nearest even) or 'rz' (toward zero)."""
+    r = x.astype(np.float32)
+    if mode == "rz":
+        over = np.abs(r.astype(np.float64)) > np.abs(x)
+        if over.any():
+            r[over] = np.nextafter(r[over], np.float32(0))
+    return r
+
+
+def cube_matmul(acc: np.ndarray | None, a: np.ndarray, b: np.ndarray, rounding: str, group_k: int) -> np.ndarray:
+    """acc + a @ b as the cube computes it. Floats: fp32 result; ints: exact, wrapped to int32."""
+    if a.dtype.kind in "iu" or str(a.dtype) == "int4":
+        prod = a.astype(np.float64) @ b.astype(np.float64)     # exact: |sum| << 2**53
+        out = prod.astype(np.int64)
+        if acc is not None:
+            out += acc.astype(np.int64)
+        return ((out + 2**31) % 2**32 - 2**31).astype(np.int32)
+    m, k = a.shape
+    n = b.shape[1]
+    groups = -(-k // group_k)
+    pad = groups * group_k - k
+    a64 = a.astype(np.float64)
+    b64 = b.astype(np.float64)
+    if pad:
+        a64 = np.pad(a64, ((0, 0), (0, pad)))
+        b64 = np.pad(b64, ((0, pad), (0, 0)))
+    partial = np.matmul(a64.reshape(m, groups, group_k).transpose(1, 0, 2), b64.reshape(groups, group_k, n))
+    out = np.zeros((m, n), np.float32) if acc is None else acc.astype(np.float32)
+    for g in range(groups):
+        out = round_fp32(out.astype(np.float64) + partial[g], rounding)
+    return out
+
+
+def cast(x: np.ndarray, dtype: str) -> np.ndarray:
+    """Round-to-nearest-even conversion; integers saturate."""
+    if dtype in FLOATS:
+        with np.errstate(over="ignore", invalid="ignore"):
+            return x.astype(np.float64 if x.dtype.kind in "iu" else x.dtype).astype(NUMPY[dtype])
+    lo, hi = INT_RANGE[dtype]
+    with np.errstate(invalid="ignore"):
+        v = np.clip(np.rint(x.astype(np.float64)), lo, hi)
+    return np.nan_to_num(v, nan=0).astype(np.int64).astype(NUMPY[dtype])
+
+
+def split_fp16(x: np.ndarray, shift: int, half: str = "fp16") -> tuple[np.ndarray, np.ndarray]:
+    """hi = half(x); lo = half(fp32(x - hi) * 2**shift), the vector unit's split of fp32 values."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        x32 = x.astype(np.float32)
+        hi = x32.astype(NUMPY[half])
+        resid = (x32 - hi.astype(np.float32)).astype(np.float32)
+        lo = (resid * np.float32(2.0 ** shift)).astype(NUMPY[half])
+    return hi, lo
+
+
+def quantize(x: np.ndarray, scale: np.ndarray, dtype: str) -> np.ndarray:
+    """saturate(round_half_even(x / scale)) in the integer dtype."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        q = x.astype(np.float32) / scale.astype(np.float32)
+    return cast(q, dtype)
+
+
+def lut(x: np.ndarray, breakpoints, slopes, intercepts) -> np.ndarray:
+    """Piecewise-linear table with fp16-quantized breakpoints and coefficients, evaluated in fp32."""
+    bp = np.asarray(breakpoints, np.float16).astype(np.float32)
+    sl = np.asarray(slopes, np.float16).astype(np.float32)
+    ic = np.asarray(intercepts, np.float16).astype(np.float32)
+    x32 = x.astype(np.float32)
+    seg = np.searchsorted(bp, x32, side="right")
+    return sl[seg] * x32 + ic[seg]

@@ -1,0 +1,285 @@
+"""The timing engine: in-order pipes per core, buffer hazards, shared GM with an L2.
+
+Each op waits for its pipe, for the scalar unit to issue it, and for the buffers it
+touches (read-after-write, write-after-read, write-after-write); overlap between pipes
+therefore emerges from double buffering. GM transfers are processed across cores in
+simulated time order: an LRU L2 tracks which blocks of each tensor are resident, hits
+and misses are charged at the per-core link rate or at the core's fair share of L2/HBM
+bandwidth, whichever is lower.
+"""
+from __future__ import annotations
+
+import heapq
+from collections import OrderedDict, Counter
+from dataclasses import dataclass, field
+from math import ceil, prod
+
+from hwmodel.dsl import Trace, paused_gc
+from hwmodel.dtypes import BITS, nbytes
+from hwmodel.ops import Op, static_cost
+from hwmodel.spec import MachineSpec
+
+
+@dataclass(frozen=True)
+class TimingResult:
+    """Simulated time of one trace, and where it went."""
+
+    cycles: float
+    time_ns: float
+    core_time_ns: tuple[float, ...]
+    pipe_busy: dict[str, float]           # busy fraction of the total time, mean over active cores
+    bytes_by_path: dict[str, int]
+    op_counts: dict[str, int]
+    l2_hit_bytes: int
+    hbm_bytes: int
+    active_cores: int
+    timeline: tuple[tuple[int, str, float, float], ...] = field(default=(), repr=False)  # (op index, pipe, start, end) of one core
+
+    @property
+    def l2_hit_rate(self) -> float:
+        total = self.l2_hit_bytes + self.hbm_bytes
+        return self.l2_hit_bytes / total if total else 0.0
+
+    @property
+    def busiest_pipe(self) -> tuple[str, float]:
+        return max(self.pipe_busy.items(), key=lambda kv: kv[1]) if self.pipe_busy else ("S", 0.0)
+
+
+class _GmAccess:
+    """Static facts of one GM transfer: L2 blocks touched, bytes charged, link rates."""
+
+    __slots__ = ("blocks", "is_write", "charged_bytes", "path_bpc", "setup", "pipe_index")
+
+    def __init__(self, op: Op, machine: MachineSpec, tensor_index: dict[int, int]):
+        (dst,), (src,) = op.dst, op.src
+        self.is_write = dst.space == "GM"
+        view = dst if self.is_write else src
+        path = machine.path(src.space, dst.space)
+        self.path_bpc = path.bytes_per_cycle
+        self.setup = path.setup_cycles
+        self.pipe_index = machine.pipes.index(path.pipe)
+        gm = machine.gm
+        bits = BITS[view.dtype]
+        base_shape = view.base_shape
+        cols = base_shape[-1]
+        c0 = view.offset[-1] * bits // 8
+        c1 = ceil((view.offset[-1] + view.extent[-1]) * bits / 8)
+        sectors = ceil(c1 / gm.sector_bytes) - c0 // gm.sector_bytes
+        runs = _row_runs(view.offset[:-1], view.extent[:-1], base_shape[:-1])
+        n_rows = sum(r1 - r0 for r0, r1 in runs)
+        self.charged_bytes = n_rows * sectors * gm.sector_bytes
+        row_bytes = ceil(cols * bits / 8)
+        tensor = tensor_index[view.base]
+        br, bb = gm.l2_block_rows, gm.l2_block_bytes
+        blocks_per_row = ceil(row_bytes / bb)
+        blocks: list[tuple[int, int]] = []
+        inflate = self.charged_bytes / max(1, n_rows * (c1 - c0))
+        for r0, r1 in runs:
+            for rb in range(r0 // br, (r1 - 1) // br + 1):
+                rows_in = min(r1, (rb + 1) * br) - max(r0, rb * br)
+                for cb in range(c0 // bb, (c1 - 1) // bb + 1):
+                    cols_in = min(c1, (cb + 1) * bb) - max(c0, cb * bb)
+                    key = (tensor << 40) | (rb * blocks_per_row + cb)
+                    blocks.append((key, rows_in * cols_in * inflate))
+        self.blocks = tuple(blocks)
+
+
+def _row_runs(offset: tuple[int, ...], extent: tuple[int, ...], shape: tuple[int, ...]) -> list[tuple[int, int]]:
+    """Contiguous runs of flattened row indices covered by the leading dimensions of a view."""
+    if not shape:
+        return [(0, 1)]
+    last_off, last_ext = offset[-1], extent[-1]
+    runs = []
+    outer = [()]
+    for o, e in zip(offset[:-1], extent[:-1]):
+        outer = [t + (i,) for t in outer for i in range(o, o + e)]
+    strides = [prod(shape[d + 1:]) for d in range(len(shape))]
+    for idx in outer:
+        start = sum(i * s for i, s in zip(idx, strides[:-1])) + last_off
+        runs.append((start, start + last_ext))
+    return runs
+
+
+def simulate_timing(trace: Trace, machine: MachineSpec, timeline_core: int | None = None) -> TimingResult:
+    """Time a trace on the machine. `timeline_core` records that core's per-op intervals."""
+    with paused_gc():
+        return _simulate_timing(trace, machine, timeline_core)
+
+
+def _simulate_timing(trace: Trace, machine: MachineSpec, timeline_core: int | None) -> TimingResult:
+    pipes = list(machine.pipes)
+    pipe_idx = {p: i for i, p in enumerate(pipes)}
+    tensor_index = {t.id: i for i, t in enumerate(trace.tensors)}
+    active = [c for c, ops in enumerate(trace.ops) if ops]
+    n_active = max(1, len(active))
+    gm = machine.gm
+    hbm_share = machine.hbm_bytes_per_cycle / n_active
+    l2_share = machine.l2_bytes_per_cycle / n_active
+    issue = machine.issue_cycles
+    s_pipe = pipes.index("S")
+    l2_capacity = gm.l2_bytes // (gm.l2_block_rows * gm.l2_block_bytes)
+    l2: OrderedDict[int, None] = OrderedDict()
+    stats = {"hit": 0.0, "miss": 0.0}
+
+    # ---- compile each core's ops into tuples the loop can run fast; identical
+    # ---- costs and GM footprints (cores sharing a panel) are computed once
+    static_memo: dict[tuple, tuple] = {}
+    gm_memo: dict[tuple, _GmAccess] = {}
+    copies: Counter = Counter()   # (path, extent, dtype) -> count, for bytes per path
+
+    def compile_op(op: Op) -> tuple:
+        kind, dst, src = op.kind, op.dst, op.src
+        if kind == "copy":
+            d, v = dst[0], src[0]
+            reads, writes = (v.key,), (d.key,)
+            copies[(v.space, d.space, d.extent, d.dtype)] += 1
+            if d.space == "GM" or v.space == "GM":
+                g = d if d.space == "GM" else v
+                sig = (v.space, d.space, g.base, g.offset, g.extent)
+                access = gm_memo.get(sig)
+                if access is None:
+                    access = gm_memo[sig] = _GmAccess(op, machine, tensor_index)
+                return (access.pipe_index, 0, 0, reads, writes, access)
+            sig = (v.space, d.space, d.extent, d.dtype)
+        else:
+            reads = tuple([v.key for v in src])
+            writes = tuple([v.key for v in dst])
+            if kind == "barrier":
+                return (-1, 0, 0, reads, writes, None)
+            if kind == "mma":
+                sig = (kind, src[0].dtype, src[0].shape, dst[0].shape, op.params[1])
+            else:
+                sig = (kind, tuple([(x.extent, x.dtype) for x in dst + src]))
+        cost = static_memo.get(sig)
+        if cost is None:
+            pipe, cycles, latency = static_cost(op, machine)
+            cost = static_memo[sig] = (pipe_idx[pipe], cycles, latency)
+        return (*cost, reads, writes, None)
+
+    programs = [[compile_op(op) for op in ops] for ops in trace.ops]
+    op_counts = Counter(op.kind for ops in trace.ops for op in ops)
+    bytes_by_path: Counter = Counter()
+    for (src_space, dst_space, extent, dtype), count in copies.items():
+        bytes_by_path[f"{src_space}->{dst_space}"] += count * nbytes(dtype, prod(extent))
+
+    n_pipes = len(pipes)
+    pipe_free = {c: [0.0] * n_pipes for c in active}
+    busy = {c: [0.0] * n_pipes for c in active}
+    s_clock = {c: 0.0 for c in active}
+    write_done = {c: {} for c in active}
+    read_done = {c: {} for c in active}
+    position = {c: 0 for c in active}
+    finish = {c: 0.0 for c in active}
+    timeline: list[tuple[int, str, float, float]] = []
+
+    def gm_time(access: _GmAccess) -> tuple[float, float]:
+        if access.is_write:
+            for key, _ in access.blocks:
+                l2[key] = None
+                l2.move_to_end(key)
+            while len(l2) > l2_capacity:
+                l2.popitem(last=False)
+            nbytes = sum(b for _, b in access.blocks)
+            stats["miss"] += nbytes
+            rate = min(access.path_bpc, gm.core_hbm_bytes_per_cycle, hbm_share)
+            return access.setup + nbytes / rate, 0.0
+        hit = miss = 0.0
+        for key, b in access.blocks:
+            if key in l2:
+                l2.move_to_end(key)
+                hit += b
+            else:
+                l2[key] = None
+                miss += b
+        while len(l2) > l2_capacity:
+            l2.popitem(last=False)
+        stats["hit"] += hit
+        stats["miss"] += miss
+        rate_hit = min(access.path_bpc, gm.core_l2_bytes_per_cycle, l2_share)
+        rate_miss = min(access.path_bpc, gm.core_hbm_bytes_per_cycle, hbm_share)
+        latency = gm.hbm_latency_cycles if miss else gm.l2_latency_cycles
+        return access.setup + hit / rate_hit + miss / rate_miss, latency
+
+    def run_core(c: int) -> str:
+        """Run core c until its next GM transfer (run that one first) or barrier or the end."""
+        prog = programs[c]
+        pf, bz, wd, rd = pipe_free[c], busy[c], write_done[c], read_done[c]
+        s = s_clock[c]
+        i = position[c]
+        first = True
+        while i < len(prog):
+            p, cycles, latency, reads, writes, access = prog[i]
+            if p < 0:
+                position[c], s_clock[c] = i, s
+                return "barrier"
+            if access is not None:
+                if not first:
+                    position[c], s_clock[c] = i, s
+                    return "gm"
+                cycles, latency = gm_time(access)
+            first = False
+            s += issue
+            bz[s_pipe] += issue
+            start = s if s > pf[p] else pf[p]
+            for k in reads:
+                t = wd.get(k, 0.0)
+                if t > start:
+                    start = t
+            for k in writes:
+                t = wd.get(k, 0.0)
+                if t > start:
+                    start = t
+                t = rd.get(k, 0.0)
+                if t > start:
+                    start = t
+            end = start + cycles
+            pf[p] = end
+            bz[p] += cycles
+            for k in reads:
+                if rd.get(k, 0.0) < end:
+                    rd[k] = end
+            ready = end + latency
+            for k in writes:
+                wd[k] = ready
+            if ready > finish[c]:
+                finish[c] = ready
+            if c == timeline_core:
+                timeline.append((i, pipes[p], start, end))
+            i += 1
+        position[c], s_clock[c] = i, s
+        return "done"
+
+    def next_start(c: int) -> float:
+        p = programs[c][position[c]][0]
+        return max(s_clock[c] + issue, pipe_free[c][p])
+
+    heap = [(0.0, c) for c in active]
+    parked: list[int] = []
+    while heap or parked:
+        if not heap:  # every live core waits at the barrier
+            t = max(max(finish[c], max(pipe_free[c]), s_clock[c]) for c in parked) + machine.barrier_cycles
+            for c in parked:
+                pipe_free[c] = [t] * n_pipes
+                s_clock[c] = t
+                finish[c] = t
+                position[c] += 1
+                heap.append((t, c))
+            heapq.heapify(heap)
+            parked = []
+            continue
+        _, c = heapq.heappop(heap)
+        state = run_core(c)
+        if state == "gm":
+            heapq.heappush(heap, (next_start(c), c))
+        elif state == "barrier":
+            parked.append(c)
+
+    total = max((max(finish[c], max(pipe_free[c])) for c in active), default=0.0)
+    core_cycles = [max(finish[c], max(pipe_free[c])) if c in finish else 0.0 for c in range(len(trace.ops))]
+    pipe_busy = {p: (sum(busy[c][i] for c in active) / (n_active * total) if total else 0.0)
+                 for i, p in enumerate(pipes)}
+    return TimingResult(
+        cycles=total, time_ns=machine.ns(total), core_time_ns=tuple(machine.ns(x) for x in core_cycles),
+        pipe_busy=pipe_busy, bytes_by_path=dict(bytes_by_path), op_counts=dict(op_counts),
+        l2_hit_bytes=int(stats["hit"]), hbm_bytes=int(stats["miss"]), active_cores=len(active),
+        timeline=tuple(timeline))

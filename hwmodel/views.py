@@ -1,0 +1,147 @@
+"""Handles a kernel manipulates: views of GM tensors and of on-chip buffers.
+
+A `View` names a rectangle of one tensor (GM) or one ring slot of one buffer (on-chip):
+base id, slot, per-dimension offset and extent. Slicing a view gives a view; no data
+ever lives here, which is what lets a kernel run on shape-only tensors.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from math import prod
+
+from hwmodel.dtypes import nbytes
+from hwmodel.errors import BoundsError
+
+
+@dataclass(frozen=True, slots=True)
+class BufferDecl:
+    """One static allocation: a ring of `count` slots of `shape` in memory `space`."""
+
+    id: int
+    space: str
+    shape: tuple[int, ...]
+    dtype: str
+    count: int
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class TensorDecl:
+    """A GM tensor: a kernel argument or a workspace the kernel asked for."""
+
+    id: int
+    name: str
+    shape: tuple[int, ...]
+    dtype: str
+    role: str  # "input", "output" or "workspace"
+
+
+class View:
+    """A rectangle of a GM tensor or of one slot of an on-chip buffer."""
+
+    __slots__ = ("space", "base", "slot", "offset", "extent", "keep", "dtype", "base_shape", "shape", "key")
+
+    def __init__(self, space: str, base: int, slot: int, offset: tuple[int, ...], extent: tuple[int, ...],
+                 keep: tuple[bool, ...], dtype: str, base_shape: tuple[int, ...]):
+        self.space = space
+        self.base = base
+        self.slot = slot
+        self.offset = offset
+        self.extent = extent
+        self.keep = keep
+        self.dtype = dtype
+        self.base_shape = base_shape
+        self.shape = extent if all(keep) else tuple(e for e, k in zip(extent, keep) if k)
+        # identity of the storage (hazard-tracking granularity): a GM tensor, or one ring slot
+        self.key = -1 - base if space == "GM" else base * 4096 + slot
+
+    @classmethod
+    def whole(cls, space: str, base: int, slot: int, shape: tuple[int, ...], dtype: str) -> "View":
+        return cls(space, base, slot, (0,) * len(shape), tuple(shape), (True,) * len(shape), dtype, tuple(shape))
+
+    @property
+    def size(self) -> int:
+        return prod(self.extent)
+
+    @property
+    def nbytes(self) -> int:
+        return nbytes(self.dtype, prod(self.extent))
+
+    def describe(self) -> str:
+        where = "GM tensor" if self.space == "GM" else f"{self.space} buffer"
+        rng = ", ".join(f"{o}:{o + e}" for o, e in zip(self.offset, self.extent))
+        return f"{where} #{self.base}[{rng}] {self.dtype}"
+
+    def __repr__(self) -> str:
+        return f"<{self.describe()} shape={self.shape}>"
+
+    def __getitem__(self, key) -> "View":
+        if type(key) is not tuple:
+            key = (key,)
+        keep = self.keep
+        if len(key) == 2 and len(keep) == 2 and keep[0] and keep[1] \
+                and type(key[0]) is slice and type(key[1]) is slice:   # the common 2-D case
+            (o0, o1), (e0, e1) = self.offset, self.extent
+            s0, t0 = _bounds(key[0], e0, self.shape)
+            s1, t1 = _bounds(key[1], e1, self.shape)
+            return View(self.space, self.base, self.slot, (o0 + s0, o1 + s1), (t0 - s0, t1 - s1), keep,
+                        self.dtype, self.base_shape)
+        visible = [d for d, k in enumerate(keep) if k]
+        if len(key) > len(visible):
+            raise BoundsError(f"too many indices ({len(key)}) for a view of shape {self.shape}")
+        offset, extent, keep = list(self.offset), list(self.extent), list(keep)
+        for d, idx in zip(visible, key):
+            size = extent[d]
+            if type(idx) is slice:
+                start, stop = _bounds(idx, size, self.shape)
+                offset[d] += start
+                extent[d] = stop - start
+            elif hasattr(idx, "__index__"):
+                i = int(idx)
+                if i < 0 or i >= size:
+                    raise BoundsError(f"index {i} is out of range for a dimension of size {size} "
+                                      f"(view shape {self.shape})")
+                offset[d] += i
+                extent[d] = 1
+                keep[d] = False
+            else:
+                raise BoundsError(f"index {idx!r} is neither an int nor a slice")
+        return View(self.space, self.base, self.slot, tuple(offset), tuple(extent), tuple(keep),
+                    self.dtype, self.base_shape)
+
+
+def _bounds(idx: slice, size: int, shape: tuple[int, ...]) -> tuple[int, int]:
+    """(start, stop) of a slice within a dimension of `size`; stops past the end are clamped."""
+    start, stop, step = idx.start, idx.stop, idx.step
+    start = 0 if start is None else int(start)
+    stop = size if stop is None else min(int(stop), size)
+    if step is not None and step != 1:
+        raise BoundsError(f"slices with a step are not supported (got step {step}); copy contiguous blocks")
+    if start < 0 or start >= size or stop <= start:
+        raise BoundsError(f"slice {start}:{idx.stop} is empty or out of range for a dimension "
+                          f"of size {size} (view shape {shape})")
+    return start, stop
+
+
+class Ring:
+    """A buffer allocated with count > 1: index it with the slot number to get a view."""
+
+    __slots__ = ("decl", "_slots")
+
+    def __init__(self, decl: BufferDecl):
+        self.decl = decl
+        self._slots = tuple(View.whole(decl.space, decl.id, s, decl.shape, decl.dtype) for s in range(decl.count))
+
+    def __len__(self) -> int:
+        return self.decl.count
+
+    def __getitem__(self, slot: int) -> View:
+        try:
+            return self._slots[slot]
+        except (IndexError, TypeError):
+            raise BoundsError(f"slot {slot!r} is out of range for a ring of {self.decl.count} "
+                              f"({self.decl.space} buffer {self.decl.name!r}); use i % {self.decl.count}") from None
+
+    def __repr__(self) -> str:
+        d = self.decl
+        return f"<ring of {d.count} x {d.space} {d.shape} {d.dtype}>"

@@ -1,0 +1,96 @@
+"""SGEMM-cube: FP32-accurate GEMM on the FP16 cube by splitting (pre-split in GM).
+
+Phase 1 (vector): every core splits a share of rows of A and B into hi = fp16(x) and
+lo = fp16((x - hi) * 2**SHIFT), written to GM workspaces. Phase 2 (cube): per output
+tile, main += a_hi @ b_hi and corr += a_hi @ b_lo + a_lo @ b_hi in two FP32
+accumulators (lo @ lo dropped); the drain adds c = main + corr * 2**-SHIFT on the vector
+unit. L1 holds K-panels of BK1, L0 steps of BK, rings of SLOTS (2 = double buffered).
+"""
+BM, BN = 128, 256          # output tile (two fp32 accumulators of BM x BN fill L0C)
+BK1, BK = 256, 64          # K panel in L1, K step in L0
+SLOTS = 2                  # ring depth of the staging buffers (1 = single buffered)
+SHIFT = 11                 # lo is scaled by 2**SHIFT so it keeps its bits in fp16
+SPLIT_ROWS, SPLIT_COLS = 32, 256   # phase-1 chunk of fp32 split at a time
+DRAIN_ROWS = 16
+GROUP = 1                  # tile-order swizzle: bands of GROUP tile-rows
+
+
+def split_rows(k, src, hi, lo, stage, halves_hi, halves_lo, counter):
+    """Split this core's share of row-chunks of src (fp32, GM) into hi/lo (fp16, GM)."""
+    rows, cols = src.shape
+    chunks = [(r, c) for r in range(0, rows, SPLIT_ROWS) for c in range(0, cols, SPLIT_COLS)]
+    for r, c in chunks[k.core_id::k.num_cores]:
+        nr, nc = min(SPLIT_ROWS, rows - r), min(SPLIT_COLS, cols - c)
+        x = counter % SLOTS
+        counter += 1
+        k.copy(stage[x][:nr, :nc], src[r:r + nr, c:c + nc])
+        k.split_fp16(halves_hi[x][:nr, :nc], halves_lo[x][:nr, :nc], stage[x][:nr, :nc], SHIFT)
+        k.copy(hi[r:r + nr, c:c + nc], halves_hi[x][:nr, :nc])
+        k.copy(lo[r:r + nr, c:c + nc], halves_lo[x][:nr, :nc])
+    return counter
+
+
+def ring(k, space, shape, dtype, name):
+    """A ring of SLOTS buffers, indexable by slot even when SLOTS == 1."""
+    buf = k.alloc(space, shape, dtype, count=SLOTS, name=name)
+    return buf if SLOTS > 1 else [buf]
+
+
+def kernel(k, a, b, c):
+    M, K = a.shape
+    N = b.shape[1]
+    # ---- phase 1: split A and B into fp16 halves in GM
+    a_hi, a_lo = k.workspace((M, K), "fp16", "a_hi"), k.workspace((M, K), "fp16", "a_lo")
+    b_hi, b_lo = k.workspace((K, N), "fp16", "b_hi"), k.workspace((K, N), "fp16", "b_lo")
+    stage = ring(k, "UB", (SPLIT_ROWS, SPLIT_COLS), "fp32", "stage")
+    halves_hi = ring(k, "UB", (SPLIT_ROWS, SPLIT_COLS), "fp16", "halves_hi")
+    halves_lo = ring(k, "UB", (SPLIT_ROWS, SPLIT_COLS), "fp16", "halves_lo")
+    n = split_rows(k, a, a_hi, a_lo, stage, halves_hi, halves_lo, 0)
+    split_rows(k, b, b_hi, b_lo, stage, halves_hi, halves_lo, n)
+    k.barrier()
+    # ---- phase 2: three-term GEMM on the cube
+    a_hi_l1 = ring(k, "L1", (BM, BK1), "fp16", "a_hi_l1")
+    a_lo_l1 = ring(k, "L1", (BM, BK1), "fp16", "a_lo_l1")
+    b_hi_l1 = ring(k, "L1", (BK1, BN), "fp16", "b_hi_l1")
+    b_lo_l1 = ring(k, "L1", (BK1, BN), "fp16", "b_lo_l1")
+    a_l0 = ring(k, "L0A", (BM, 2 * BK), "fp16", "a_hilo_l0a")     # [hi | lo] side by side
+    b_l0 = ring(k, "L0B", (BK, BN), "fp16", "b_l0b")              # b_hi and b_lo take turns
+    main = k.alloc("L0C", (BM, BN), "fp32", name="acc_main")
+    corr = k.alloc("L0C", (BM, BN), "fp32", name="acc_corr")
+    out = ring(k, "UB", (DRAIN_ROWS, BN), "fp32", "out_ub")
+    corr_ub = ring(k, "UB", (DRAIN_ROWS, BN), "fp32", "corr_ub")
+    s1 = s0 = sb = so = 0
+    for i, j in k.tiles((M, N), (BM, BN), group=GROUP):
+        m, n = min(BM, M - i), min(BN, N - j)
+        for kk1 in range(0, K, BK1):
+            kl1 = min(BK1, K - kk1)
+            x1 = s1 % SLOTS
+            s1 += 1
+            k.copy(a_hi_l1[x1][:m, :kl1], a_hi[i:i + m, kk1:kk1 + kl1])
+            k.copy(a_lo_l1[x1][:m, :kl1], a_lo[i:i + m, kk1:kk1 + kl1])
+            k.copy(b_hi_l1[x1][:kl1, :n], b_hi[kk1:kk1 + kl1, j:j + n])
+            k.copy(b_lo_l1[x1][:kl1, :n], b_lo[kk1:kk1 + kl1, j:j + n])
+            for kk0 in range(0, kl1, BK):
+                kl0 = min(BK, kl1 - kk0)
+                first = kk1 + kk0 == 0
+                x0 = s0 % SLOTS
+                s0 += 1
+                a_hi_l0, a_lo_l0 = a_l0[x0][:m, :kl0], a_l0[x0][:m, BK:BK + kl0]
+                k.copy(a_hi_l0, a_hi_l1[x1][:m, kk0:kk0 + kl0])
+                k.copy(a_lo_l0, a_lo_l1[x1][:m, kk0:kk0 + kl0])
+                xb = sb % SLOTS
+                k.copy(b_l0[xb][:kl0, :n], b_hi_l1[x1][kk0:kk0 + kl0, :n])
+                k.mma(main[:m, :n], a_hi_l0, b_l0[xb][:kl0, :n], accumulate=not first)
+                k.mma(corr[:m, :n], a_lo_l0, b_l0[xb][:kl0, :n], accumulate=not first)
+                xb = (sb + 1) % SLOTS
+                sb += 2
+                k.copy(b_l0[xb][:kl0, :n], b_lo_l1[x1][kk0:kk0 + kl0, :n])
+                k.mma(corr[:m, :n], a_hi_l0, b_l0[xb][:kl0, :n], accumulate=True)
+        for r in range(0, m, DRAIN_ROWS):
+            rows = min(DRAIN_ROWS, m - r)
+            xo = so % SLOTS
+            so += 1
+            k.copy(out[xo][:rows, :n], main[r:r + rows, :n])
+            k.copy(corr_ub[xo][:rows, :n], corr[r:r + rows, :n])
+            k.axpy(out[xo][:rows, :n], corr_ub[xo][:rows, :n], 2.0 ** -SHIFT)
+            k.copy(c[i + r:i + r + rows, j:j + n], out[xo][:rows, :n])
