@@ -63,17 +63,10 @@ def check_alignment(view: View, machine: MachineSpec, op: Op) -> None:
 
 # ---------------------------------------------------------------- per-kind rules
 def check_op(op: Op, machine: MachineSpec) -> None:
-    kind = op.kind
-    if kind == "copy":
-        _check_copy(op, machine)
-    elif kind == "mma":
-        _check_mma(op, machine)
-    elif kind in VECTOR_KINDS:
-        _check_vector(op, machine)
-    elif kind == "barrier":
-        pass
-    else:
-        raise HwError(f"unknown op kind {kind!r}")
+    check = _CHECKS.get(op.kind)
+    if check is None:
+        raise HwError(f"unknown op kind {op.kind!r}")
+    check(op, machine)
 
 
 def _check_copy(op: Op, machine: MachineSpec) -> None:
@@ -183,6 +176,10 @@ def _check_vector_dtypes(op: Op) -> None:
         if dst.dtype not in FLOATS or any(s != dst.dtype for s in srcs):
             raise _fail(DtypeError, op, f"needs float operands of one dtype; destination {dst.dtype}, "
                         f"sources {srcs} (convert with k.cast)")
+
+
+_CHECKS = {"copy": _check_copy, "mma": _check_mma, "barrier": lambda op, machine: None,
+           **{kind: _check_vector for kind in VECTOR_KINDS}}
 
 
 # ---------------------------------------------------------------- static cost

@@ -50,7 +50,7 @@ class _GmAccess:
 
     __slots__ = ("blocks", "is_write", "charged_bytes", "path_bpc", "setup", "pipe_index")
 
-    def __init__(self, op: Op, machine: MachineSpec, tensor_index: dict[int, int]):
+    def __init__(self, op: Op, machine: MachineSpec, tensor_index: dict[int, int], base_shape: tuple[int, ...]):
         (dst,), (src,) = op.dst, op.src
         self.is_write = dst.space == "GM"
         view = dst if self.is_write else src
@@ -60,7 +60,6 @@ class _GmAccess:
         self.pipe_index = machine.pipes.index(path.pipe)
         gm = machine.gm
         bits = BITS[view.dtype]
-        base_shape = view.base_shape
         cols = base_shape[-1]
         c0 = view.offset[-1] * bits // 8
         c1 = ceil((view.offset[-1] + view.extent[-1]) * bits / 8)
@@ -110,6 +109,7 @@ def _simulate_timing(trace: Trace, machine: MachineSpec, timeline_core: int | No
     pipes = list(machine.pipes)
     pipe_idx = {p: i for i, p in enumerate(pipes)}
     tensor_index = {t.id: i for i, t in enumerate(trace.tensors)}
+    tensor_shapes = {t.id: t.shape for t in trace.tensors}
     active = [c for c, ops in enumerate(trace.ops) if ops]
     n_active = max(1, len(active))
     gm = machine.gm
@@ -138,7 +138,7 @@ def _simulate_timing(trace: Trace, machine: MachineSpec, timeline_core: int | No
                 sig = (v.space, d.space, g.base, g.offset, g.extent)
                 access = gm_memo.get(sig)
                 if access is None:
-                    access = gm_memo[sig] = _GmAccess(op, machine, tensor_index)
+                    access = gm_memo[sig] = _GmAccess(op, machine, tensor_index, tensor_shapes[g.base])
                 return (access.pipe_index, 0, 0, reads, writes, access)
             sig = (v.space, d.space, d.extent, d.dtype)
         else:

@@ -39,10 +39,10 @@ class TensorDecl:
 class View:
     """A rectangle of a GM tensor or of one slot of an on-chip buffer."""
 
-    __slots__ = ("space", "base", "slot", "offset", "extent", "keep", "dtype", "base_shape", "shape", "key")
+    __slots__ = ("space", "base", "slot", "offset", "extent", "keep", "dtype", "shape", "key")
 
     def __init__(self, space: str, base: int, slot: int, offset: tuple[int, ...], extent: tuple[int, ...],
-                 keep: tuple[bool, ...], dtype: str, base_shape: tuple[int, ...]):
+                 keep: tuple[bool, ...], dtype: str):
         self.space = space
         self.base = base
         self.slot = slot
@@ -50,14 +50,13 @@ class View:
         self.extent = extent
         self.keep = keep
         self.dtype = dtype
-        self.base_shape = base_shape
         self.shape = extent if all(keep) else tuple(e for e, k in zip(extent, keep) if k)
         # identity of the storage (hazard-tracking granularity): a GM tensor, or one ring slot
         self.key = -1 - base if space == "GM" else base * 4096 + slot
 
     @classmethod
     def whole(cls, space: str, base: int, slot: int, shape: tuple[int, ...], dtype: str) -> "View":
-        return cls(space, base, slot, (0,) * len(shape), tuple(shape), (True,) * len(shape), dtype, tuple(shape))
+        return cls(space, base, slot, (0,) * len(shape), tuple(shape), (True,) * len(shape), dtype)
 
     @property
     def size(self) -> int:
@@ -84,8 +83,7 @@ class View:
             (o0, o1), (e0, e1) = self.offset, self.extent
             s0, t0 = _bounds(key[0], e0, self.shape)
             s1, t1 = _bounds(key[1], e1, self.shape)
-            return View(self.space, self.base, self.slot, (o0 + s0, o1 + s1), (t0 - s0, t1 - s1), keep,
-                        self.dtype, self.base_shape)
+            return View(self.space, self.base, self.slot, (o0 + s0, o1 + s1), (t0 - s0, t1 - s1), keep, self.dtype)
         visible = [d for d, k in enumerate(keep) if k]
         if len(key) > len(visible):
             raise BoundsError(f"too many indices ({len(key)}) for a view of shape {self.shape}")
@@ -106,8 +104,7 @@ class View:
                 keep[d] = False
             else:
                 raise BoundsError(f"index {idx!r} is neither an int nor a slice")
-        return View(self.space, self.base, self.slot, tuple(offset), tuple(extent), tuple(keep),
-                    self.dtype, self.base_shape)
+        return View(self.space, self.base, self.slot, tuple(offset), tuple(extent), tuple(keep), self.dtype)
 
 
 def _bounds(idx: slice, size: int, shape: tuple[int, ...]) -> tuple[int, int]:

@@ -1,0 +1,109 @@
+"""The `cubepilot` command line: one typer app, one sub-command per user task.
+
+Errors a user can fix (unknown machine, bad file) print one paragraph and exit 2;
+nothing here prints a traceback for bad input.
+"""
+from __future__ import annotations
+
+import typer
+from rich.console import Console
+from rich import box
+from rich.table import Table
+
+from hwmodel.errors import HwError
+from hwmodel.spec import MachineSpec, load_machine, preset_names
+
+app = typer.Typer(help="cubepilot: strategy-coordinated agents evolving GEMM and attention kernels "
+                       "for a simulated Ascend-like NPU.", no_args_is_help=True, add_completion=False)
+machines_app = typer.Typer(help="List the machine presets, or show one with its peaks and ridge points.",
+                           invoke_without_command=True)
+app.add_typer(machines_app, name="machines")
+console = Console()
+
+
+def fail(message: str) -> None:
+    """Print an actionable error and exit with status 2."""
+    Console(stderr=True).print(f"[bold red]error:[/] {message}", highlight=False)
+    raise typer.Exit(2)
+
+
+def _machine(name: str) -> MachineSpec:
+    try:
+        return load_machine(name)
+    except HwError as exc:
+        fail(str(exc))
+
+
+@machines_app.callback()
+def machines(ctx: typer.Context) -> None:
+    """List the machine presets (pass a preset name or a TOML path to `show`)."""
+    if ctx.invoked_subcommand is not None:
+        return
+    table = Table(title="Machine presets (cubepilot machines show NAME)", box=box.SIMPLE_HEAD)
+    for col in ("name", "cores", "GHz", "FP16 TF/s", "FP32 split", "INT8 TOPS", "HBM GB/s", "L2 MiB"):
+        table.add_column(col, justify="left" if col == "name" else "right", no_wrap=col == "name",
+                         min_width=12 if col == "name" else None)
+    for name in preset_names():
+        m = load_machine(name)
+        table.add_row(name, str(m.num_cores), f"{m.clock_ghz:.2f}", f"{m.peak_tflops('fp16'):.1f}",
+                      f"{m.peak_tflops('fp16') / 3:.1f}",
+                      f"{m.peak_tflops('int8'):.0f}" if "int8" in m.cube.modes else "-",
+                      f"{m.gm.hbm_gbps:.0f}", f"{m.gm.l2_bytes / 2**20:.0f}")
+    console.print(table)
+
+
+@machines_app.command("show")
+def machines_show(name: str = typer.Argument(..., help="preset name (see `cubepilot machines`) or path to a TOML file")) -> None:
+    """Show one machine: engines with peaks and ridge points, memories, data paths."""
+    from hwmodel.roofline import ENGINES, engine_peak_tflops
+
+    m = _machine(name)
+    console.print(f"[bold]{m.name}[/]: {m.description}")
+    console.print(f"{m.num_cores} cores at {m.clock_ghz:.3f} GHz; pipes {', '.join(m.pipes)}; "
+                  f"issue {m.issue_cycles} cycles/op; barrier {m.barrier_cycles} cycles")
+    engines = Table(title="Engines (ridge = peak / HBM bandwidth)")
+    for col in ("engine", "peak TFLOP/s", "ridge FLOP/B", "per core per cycle"):
+        engines.add_column(col, justify="left" if col == "engine" else "right")
+    for engine in ENGINES:
+        try:
+            peak = engine_peak_tflops(m, engine)
+        except ValueError:
+            continue
+        if engine in m.cube.modes:
+            mode = m.cube.modes[engine]
+            per = f"{mode.m}x{mode.n}x{mode.k} MAC -> {mode.acc_dtype}"
+        elif engine == "fp32_split":
+            per = "3 FP16 products per FP32 product"
+        else:
+            per = f"{m.vector.bytes_per_cycle} B datapath"
+        engines.add_row(engine, f"{peak:.1f}", f"{peak * 1e3 / m.gm.hbm_gbps:.0f}", per)
+    console.print(engines)
+    mems = Table(title="Per-core memories")
+    for col in ("memory", "capacity", "alignment"):
+        mems.add_column(col, justify="left" if col == "memory" else "right")
+    for mem_name, mem in m.memories.items():
+        frac = f" x {mem.fractal_rows} rows" if mem.fractal_rows > 1 else ""
+        mems.add_row(mem_name, f"{mem.capacity_bytes / 1024:.0f} KiB", f"{mem.alignment_bytes} B{frac}")
+    mems.add_row("GM", f"{m.gm.capacity_bytes / 2**30:.0f} GiB",
+                 f"L2 {m.gm.l2_bytes / 2**20:.0f} MiB, HBM {m.gm.hbm_gbps:.0f} GB/s, L2 {m.gm.l2_gbps:.0f} GB/s")
+    console.print(mems)
+    paths = Table(title="Data paths (per core)")
+    for col in ("path", "pipe", "B/cycle", "GB/s", "latency cyc", "setup cyc"):
+        paths.add_column(col, justify="left" if col in ("path", "pipe") else "right")
+    for p in m.paths:
+        paths.add_row(f"{p.src} -> {p.dst}", p.pipe, f"{p.bytes_per_cycle:g}", f"{p.bytes_per_cycle * m.clock_ghz:.0f}",
+                      str(p.latency_cycles), str(p.setup_cycles))
+    console.print(paths)
+    console.print(f"Cube accumulation: {m.cube.accumulation} every {m.cube.accumulation_group_k} products; "
+                  f"GM: {m.gm.core_hbm_bytes_per_cycle:g} B/cycle per core on an L2 miss, "
+                  f"{m.gm.core_l2_bytes_per_cycle:g} on a hit; latency {m.gm.hbm_latency_cycles}/{m.gm.l2_latency_cycles} cycles.")
+    if m.notes:
+        console.print(f"Notes: {m.notes}")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

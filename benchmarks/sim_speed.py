@@ -1,0 +1,91 @@
+"""Speed of the simulator itself: how long timing and numeric runs take on this machine.
+
+    python benchmarks/sim_speed.py [--json] [--repeats 3]
+
+Targets (project's simulator issue): timing the double-buffered SGEMM-cube kernel at
+4096^3 in timing-only mode <= 2 s; a full numeric run at 1024^3 <= 5 s (2-core machine).
+Each figure is the median of the repeats; all cases run side by side in one process.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from hwmodel.dsl import record_trace  # noqa: E402
+from hwmodel.loader import load_kernel  # noqa: E402
+from hwmodel.simulate import TensorArg, declare, simulate  # noqa: E402
+from hwmodel.spec import load_machine  # noqa: E402
+from hwmodel.timing import simulate_timing  # noqa: E402
+from strategies.library import kernel_path  # noqa: E402
+
+TARGETS = {"timing_only_4096_s": 2.0, "numeric_1024_s": 5.0}
+
+
+def gemm_args(n: int, dtype: str) -> list[TensorArg]:
+    return [TensorArg("a", (n, n), dtype), TensorArg("b", (n, n), dtype), TensorArg("c", (n, n), "fp32", "output")]
+
+
+def median_seconds(fn, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - started)
+    return statistics.median(times)
+
+
+def run(repeats: int) -> dict:
+    machine = load_machine("ascend-910a")
+    sgemm = load_kernel(kernel_path("sgemm_cube"))
+    hgemm = load_kernel(kernel_path("hgemm_cube"))
+    big = gemm_args(4096, "fp32")
+    trace = record_trace(sgemm, machine, declare(big))
+    rng = np.random.default_rng(0)
+    data = {"a": rng.uniform(-1, 1, (1024, 1024)).astype(np.float32),
+            "b": rng.uniform(-1, 1, (1024, 1024)).astype(np.float32)}
+    figures = {
+        "timing_only_4096_s": median_seconds(lambda: simulate(sgemm, machine, big), repeats),
+        "record_4096_s": median_seconds(lambda: record_trace(sgemm, machine, declare(big)), repeats),
+        "timing_engine_4096_s": median_seconds(lambda: simulate_timing(trace, machine), repeats),
+        "ops_4096": trace.num_ops,
+        "hgemm_timing_only_4096_s": median_seconds(lambda: simulate(hgemm, machine, gemm_args(4096, "fp16")), repeats),
+        "numeric_1024_s": median_seconds(lambda: simulate(sgemm, machine, gemm_args(1024, "fp32"), data), repeats),
+        "sampled_numeric_4096_s": median_seconds(
+            lambda: simulate(sgemm, machine, big, {k: np.resize(v, (4096, 4096)) for k, v in data.items()},
+                             sample_cores=[0]), 1),
+    }
+    figures["us_per_op"] = 1e6 * figures["timing_only_4096_s"] / figures["ops_4096"]
+    return {k: (round(v, 3) if isinstance(v, float) else v) for k, v in figures.items()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    parser.add_argument("--repeats", type=int, default=3, help="runs per figure; the median is reported")
+    args = parser.parse_args()
+    figures = run(args.repeats)
+    if args.json:
+        print(json.dumps(figures))
+        return
+    from rich.console import Console
+    from rich.table import Table
+    table = Table(title="Simulator speed (ascend-910a, SGEMM-cube double-buffered unless named)")
+    for col in ("figure", "value", "target"):
+        table.add_column(col, justify="left" if col == "figure" else "right")
+    for name, value in figures.items():
+        target = TARGETS.get(name)
+        verdict = "" if target is None else f"<= {target} {'ok' if value <= target else 'MISS'}"
+        table.add_row(name, str(value), verdict)
+    Console(width=120).print(table)
+
+
+if __name__ == "__main__":
+    main()
