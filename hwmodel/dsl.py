@@ -27,11 +27,18 @@ class Trace:
     machine: str
     tensors: tuple[TensorDecl, ...]
     buffers: tuple[tuple[BufferDecl, ...], ...]
-    ops: tuple[tuple[Op, ...], ...]
+    ops: tuple[tuple[Op, ...], ...]   # per core, in issue order; identical ops are one shared object
 
     @property
     def num_ops(self) -> int:
         return sum(len(o) for o in self.ops)
+
+    def distinct_ops(self) -> list[Op]:
+        seen: dict[int, Op] = {}
+        for core_ops in self.ops:
+            for op in core_ops:
+                seen.setdefault(id(op), op)
+        return list(seen.values())
 
 
 def slot_bytes(machine: MachineSpec, space: str, shape: tuple[int, ...], dtype: str) -> int:
@@ -45,12 +52,17 @@ def slot_bytes(machine: MachineSpec, space: str, shape: tuple[int, ...], dtype: 
     return rows * row_bytes
 
 
-class _Workspaces:
-    """GM scratch tensors shared by all cores: the n-th request on every core is one tensor."""
+class _Shared:
+    """What all cores of one recording share: the GM workspaces (the n-th request on every
+    core is one tensor), the read-only inputs, and the table of distinct ops. Identical ops
+    (same kind, operands, parameters and source line) are one object, checked once; most
+    of a GEMM's ops repeat across steps and cores, so traces stay small."""
 
-    def __init__(self, first_id: int):
+    def __init__(self, first_id: int, inputs: frozenset[int] = frozenset()):
         self.next_id = first_id
         self.decls: list[TensorDecl] = []
+        self.inputs = inputs
+        self.ops: dict[tuple, Op] = {}
 
     def get(self, index: int, shape: tuple[int, ...], dtype: str, name: str) -> TensorDecl:
         if index < len(self.decls):
@@ -68,12 +80,13 @@ class _Workspaces:
 class Kernel:
     """What a kernel sees: its core id, static allocation, and the machine's ops."""
 
-    def __init__(self, machine: MachineSpec, core_id: int, workspaces: _Workspaces):
+    def __init__(self, machine: MachineSpec, core_id: int, shared: _Shared):
         self.core_id = core_id
         self.num_cores = machine.num_cores
         self.machine_name = machine.name
         self._machine = machine
-        self._workspaces = workspaces
+        self._shared = shared
+        self._distinct = shared.ops
         self._n_workspaces = 0
         self._ops: list[Op] = []
         self._buffers: list[BufferDecl] = []
@@ -111,7 +124,7 @@ class Kernel:
         check_dtype(dtype)
         index = self._n_workspaces
         self._n_workspaces += 1
-        decl = self._workspaces.get(index, shape, dtype, name or f"workspace_{index}")
+        decl = self._shared.get(index, shape, dtype, name or f"workspace_{index}")
         return View.whole("GM", decl.id, 0, decl.shape, decl.dtype)
 
     def capacity(self, space: str) -> int:
@@ -149,19 +162,26 @@ class Kernel:
 
     # ------------------------------------------------------------ ops
     def _emit(self, kind: str, dst: tuple, src: tuple, params: tuple = ()) -> None:
-        op = Op(kind, dst, src, params, sys._getframe(2).f_lineno)
+        line = sys._getframe(2).f_lineno
         try:
-            check_op(op, self._machine)
+            key = (kind, line, params, *[(v.key, v.offset, v.extent, v.keep) for v in dst],
+                   None, *[(v.key, v.offset, v.extent, v.keep) for v in src])
         except AttributeError:
-            bad = next((v for v in dst + src if not isinstance(v, View)), None)
-            if bad is None:
-                raise
+            bad = next(v for v in dst + src if not isinstance(v, View))
             raise HwError(f"{kind}: operands must be tensor or buffer views, got {type(bad).__name__} "
                           "(index a ring with its slot number: buf[i % 2])") from None
+        op = self._distinct.get(key)
+        if op is None:
+            op = Op(kind, dst, src, params, line)
+            check_op(op, self._machine)
+            self._distinct[key] = op
         self._ops.append(op)
 
     def copy(self, dst: View, src: View) -> None:
         """Move data along a data path of the machine (MTE pipes; L0C->UB on the vector side)."""
+        if getattr(dst, "space", None) == "GM" and dst.base in self._shared.inputs:
+            raise HwError(f"copy: GM tensor #{dst.base} is a kernel input and read-only; write results to "
+                          "the output or to a k.workspace")
         self._emit("copy", (dst,), (src,))
 
     def mma(self, acc: View, a: View, b: View, accumulate: bool = False, transpose_b: bool = False) -> None:
@@ -275,12 +295,13 @@ def paused_gc():
 
 def record_trace(kernel_fn: KernelFn, machine: MachineSpec, tensors: Sequence[TensorDecl]) -> Trace:
     """Run the kernel's Python once per core and collect what it issued."""
-    workspaces = _Workspaces(first_id=max((t.id for t in tensors), default=-1) + 1)
     args = [View.whole("GM", t.id, 0, t.shape, t.dtype) for t in tensors]
+    shared = _Shared(first_id=max((t.id for t in tensors), default=-1) + 1,
+                     inputs=frozenset(t.id for t in tensors if t.role == "input"))
     buffers, ops = [], []
     with paused_gc():
         for core in range(machine.num_cores):
-            k = Kernel(machine, core, workspaces)
+            k = Kernel(machine, core, shared)
             kernel_fn(k, *args)
             buffers.append(tuple(k._buffers))
             ops.append(tuple(k._ops))
@@ -288,7 +309,7 @@ def record_trace(kernel_fn: KernelFn, machine: MachineSpec, tensors: Sequence[Te
     if len(barriers) > 1:
         raise HwError(f"barrier: cores reach different numbers of barriers ({sorted(barriers)}); "
                       "every core must call k.barrier() the same number of times or the chip deadlocks")
-    return Trace(machine.name, tuple(tensors) + tuple(workspaces.decls), tuple(buffers), tuple(ops))
+    return Trace(machine.name, tuple(tensors) + tuple(shared.decls), tuple(buffers), tuple(ops))
 
 
 def tensor_bytes(decl: TensorDecl) -> int:

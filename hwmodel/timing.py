@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from math import ceil, prod
 
 from hwmodel.dsl import Trace, paused_gc
-from hwmodel.dtypes import BITS, nbytes
+from hwmodel.dtypes import BITS
 from hwmodel.ops import Op, static_cost
 from hwmodel.spec import MachineSpec
 
@@ -125,42 +125,44 @@ def _simulate_timing(trace: Trace, machine: MachineSpec, timeline_core: int | No
     # ---- costs and GM footprints (cores sharing a panel) are computed once
     static_memo: dict[tuple, tuple] = {}
     gm_memo: dict[tuple, _GmAccess] = {}
-    copies: Counter = Counter()   # (path, extent, dtype) -> count, for bytes per path
 
     def compile_op(op: Op) -> tuple:
         kind, dst, src = op.kind, op.dst, op.src
+        reads = tuple([v.key for v in src])
+        writes = tuple([v.key for v in dst])
+        if kind == "barrier":
+            return (-1, 0, 0, reads, writes, None)
+        if kind == "copy" and (dst[0].space == "GM" or src[0].space == "GM"):
+            g = dst[0] if dst[0].space == "GM" else src[0]
+            sig = (src[0].space, dst[0].space, g.base, g.offset, g.extent)
+            access = gm_memo.get(sig)
+            if access is None:
+                access = gm_memo[sig] = _GmAccess(op, machine, tensor_index, tensor_shapes[g.base])
+            return (access.pipe_index, 0, 0, reads, writes, access)
         if kind == "copy":
-            d, v = dst[0], src[0]
-            reads, writes = (v.key,), (d.key,)
-            copies[(v.space, d.space, d.extent, d.dtype)] += 1
-            if d.space == "GM" or v.space == "GM":
-                g = d if d.space == "GM" else v
-                sig = (v.space, d.space, g.base, g.offset, g.extent)
-                access = gm_memo.get(sig)
-                if access is None:
-                    access = gm_memo[sig] = _GmAccess(op, machine, tensor_index, tensor_shapes[g.base])
-                return (access.pipe_index, 0, 0, reads, writes, access)
-            sig = (v.space, d.space, d.extent, d.dtype)
+            sig = (src[0].space, dst[0].space, dst[0].extent, dst[0].dtype)
+        elif kind == "mma":
+            sig = (kind, src[0].dtype, src[0].shape, dst[0].shape, op.params[1])
         else:
-            reads = tuple([v.key for v in src])
-            writes = tuple([v.key for v in dst])
-            if kind == "barrier":
-                return (-1, 0, 0, reads, writes, None)
-            if kind == "mma":
-                sig = (kind, src[0].dtype, src[0].shape, dst[0].shape, op.params[1])
-            else:
-                sig = (kind, tuple([(x.extent, x.dtype) for x in dst + src]))
+            sig = (kind, tuple([(x.extent, x.dtype) for x in dst + src]))
         cost = static_memo.get(sig)
         if cost is None:
             pipe, cycles, latency = static_cost(op, machine)
             cost = static_memo[sig] = (pipe_idx[pipe], cycles, latency)
         return (*cost, reads, writes, None)
 
-    programs = [[compile_op(op) for op in ops] for ops in trace.ops]
-    op_counts = Counter(op.kind for ops in trace.ops for op in ops)
+    # identical ops are one shared object (see hwmodel.dsl): compile each once
+    counts = Counter(id(op) for ops in trace.ops for op in ops)
+    distinct = {id(op): op for op in trace.distinct_ops()}
+    compiled = {i: compile_op(op) for i, op in distinct.items()}
+    programs = [[compiled[id(op)] for op in ops] for ops in trace.ops]
+    op_counts: Counter = Counter()
     bytes_by_path: Counter = Counter()
-    for (src_space, dst_space, extent, dtype), count in copies.items():
-        bytes_by_path[f"{src_space}->{dst_space}"] += count * nbytes(dtype, prod(extent))
+    for i, n in counts.items():
+        op = distinct[i]
+        op_counts[op.kind] += n
+        if op.kind == "copy":
+            bytes_by_path[f"{op.src[0].space}->{op.dst[0].space}"] += n * op.dst[0].nbytes
 
     n_pipes = len(pipes)
     pipe_free = {c: [0.0] * n_pipes for c in active}

@@ -1,0 +1,123 @@
+"""Trace <-> bytes, for moving a sandboxed kernel's trace to the trusted process.
+
+No pickle (unpickling untrusted bytes runs code): a JSON header plus int64 tables of the
+distinct views, the distinct ops with their operand lists, and each core's sequence of
+op ids. Decoding builds plain records; the caller must still run
+`hwmodel.validate.validate_trace` on the result.
+"""
+from __future__ import annotations
+
+import json
+import struct
+
+import numpy as np
+
+from hwmodel.dsl import Trace
+from hwmodel.dtypes import BITS
+from hwmodel.ops import Op
+from hwmodel.views import BufferDecl, TensorDecl, View
+
+MAX_RANK = 6
+_DTYPES = list(BITS)
+_VIEW_COLS = 5 + 3 * MAX_RANK
+
+
+class CodecError(ValueError):
+    """The bytes are not a well-formed trace."""
+
+
+def encode(trace: Trace) -> bytes:
+    spaces: dict[str, int] = {}
+    kinds: dict[str, int] = {}
+    params: dict[tuple, int] = {}
+    view_rows: dict[int, int] = {}
+    views: list[list[int]] = []
+    op_rows: dict[int, int] = {}
+    ops: list[tuple[int, ...]] = []
+    operands: list[int] = []
+
+    def view_row(v: View) -> int:
+        row = view_rows.get(id(v))
+        if row is None:
+            rank = len(v.offset)
+            if rank > MAX_RANK:
+                raise CodecError(f"views of rank {rank} are not supported (max {MAX_RANK})")
+            pad = [0] * (MAX_RANK - rank)
+            row = view_rows[id(v)] = len(views)
+            views.append([spaces.setdefault(v.space, len(spaces)), v.base, v.slot, _DTYPES.index(v.dtype), rank,
+                          *v.offset, *pad, *v.extent, *pad, *(int(k) for k in v.keep), *pad])
+        return row
+
+    for op in trace.distinct_ops():
+        op_rows[id(op)] = len(ops)
+        ops.append((kinds.setdefault(op.kind, len(kinds)), op.line, params.setdefault(op.params, len(params)),
+                    len(op.dst), len(op.src)))
+        operands.extend(view_row(v) for v in op.dst + op.src)
+    sequences = [np.fromiter((op_rows[id(op)] for op in core_ops), np.int64, len(core_ops)) for core_ops in trace.ops]
+    header = {
+        "machine": trace.machine,
+        "tensors": [[t.id, t.name, list(t.shape), t.dtype, t.role] for t in trace.tensors],
+        "buffers": [[[b.id, b.space, list(b.shape), b.dtype, b.count, b.name] for b in core] for core in trace.buffers],
+        "spaces": list(spaces), "kinds": list(kinds), "params": [list(p) for p in params],
+    }
+    tables = [np.asarray(views, np.int64).reshape(-1, _VIEW_COLS), np.asarray(ops, np.int64).reshape(-1, 5),
+              np.asarray(operands, np.int64), *sequences]
+    head = json.dumps(header).encode()
+    parts = [struct.pack("<QQ", len(head), len(tables)), head]
+    for t in tables:
+        raw = t.tobytes()
+        parts += [struct.pack("<Q", len(raw)), raw]
+    return b"".join(parts)
+
+
+def decode(blob: bytes) -> Trace:
+    try:
+        return _decode(memoryview(blob))
+    except CodecError:
+        raise
+    except (ValueError, KeyError, IndexError, TypeError, struct.error) as exc:
+        raise CodecError(f"malformed trace: {exc}") from None
+
+
+def _decode(buf: memoryview) -> Trace:
+    n, n_tables = struct.unpack_from("<QQ", buf, 0)
+    header = json.loads(bytes(buf[16:16 + n]))
+    pos = 16 + n
+    tables = []
+    for _ in range(n_tables):
+        (nbytes,) = struct.unpack_from("<Q", buf, pos)
+        pos += 8
+        tables.append(np.frombuffer(buf[pos:pos + nbytes], np.int64))
+        pos += nbytes
+    views_t, ops_t, operands, *sequences = tables
+    spaces, kinds = header["spaces"], header["kinds"]
+    params = [_tuples(p) for p in header["params"]]
+    views = []
+    for row in views_t.reshape(-1, _VIEW_COLS).tolist():
+        space, base, slot, dtype, rank = row[:5]
+        if not 0 <= rank <= MAX_RANK:
+            raise CodecError(f"view rank {rank} out of range")
+        off = tuple(row[5:5 + rank])
+        ext = tuple(row[5 + MAX_RANK:5 + MAX_RANK + rank])
+        keep = tuple(bool(k) for k in row[5 + 2 * MAX_RANK:5 + 2 * MAX_RANK + rank])
+        views.append(View(spaces[space], base, slot, off, ext, keep, _DTYPES[dtype]))
+    distinct = []
+    operands = operands.tolist()
+    at = 0
+    for kind, line, param, n_dst, n_src in ops_t.reshape(-1, 5).tolist():
+        dst = tuple(views[i] for i in operands[at:at + n_dst])
+        src = tuple(views[i] for i in operands[at + n_dst:at + n_dst + n_src])
+        at += n_dst + n_src
+        distinct.append(Op(kinds[kind], dst, src, params[param], line))
+    tensors = tuple(TensorDecl(i, name, tuple(shape), dtype, role) for i, name, shape, dtype, role in header["tensors"])
+    buffers = tuple(tuple(BufferDecl(i, space, tuple(shape), dtype, count, name)
+                          for i, space, shape, dtype, count, name in core) for core in header["buffers"])
+    if len(sequences) != len(buffers):
+        raise CodecError(f"{len(sequences)} op sequences for {len(buffers)} cores")
+    ops = tuple(tuple(distinct[i] for i in seq.tolist()) for seq in sequences)
+    return Trace(header["machine"], tensors, buffers, ops)
+
+
+def _tuples(x):
+    """JSON turned tuples into lists; op params are tuples (of tuples, for lut tables)."""
+    return tuple(_tuples(i) for i in x) if isinstance(x, list) else x
