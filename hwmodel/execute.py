@@ -79,10 +79,12 @@ def run_numeric(trace: Trace, machine: MachineSpec, gm: dict[int, np.ndarray],
     return coverage(trace)
 
 
-def coverage(trace: Trace) -> dict[int, np.ndarray]:
-    """Per output tensor id, the elements written by some GM copy on any core."""
+def coverage(trace: Trace, cores: set[int] | None = None) -> dict[int, np.ndarray]:
+    """Per output tensor id, the elements written by some GM copy on any core (or on `cores`)."""
     written = {t.id: np.zeros(t.shape, bool) for t in trace.tensors if t.role == "output"}
-    for core_ops in trace.ops:
+    for core, core_ops in enumerate(trace.ops):
+        if cores is not None and core not in cores:
+            continue
         for op in core_ops:
             if op.kind == "copy" and op.dst[0].space == "GM" and op.dst[0].base in written:
                 v = op.dst[0]
@@ -154,7 +156,7 @@ def _reduce(op: Op, mem: _Memory, machine: MachineSpec) -> None:
     dst, = op.dst
     src = mem.read(op.src[0])
     src = src.reshape(1, -1) if src.ndim == 1 else src
-    axis = 1 if dst.shape[-1] == 1 and src.shape[1] != 1 else 0
+    axis = 1 if tuple(dst.shape) == (src.shape[0], 1) else 0   # per row, unless dst is (1, N)
     fn = np.max if op.kind == "reduce_max" else np.sum
     value = fn(src.astype(np.float64) if dst.dtype in FLOATS else src.astype(np.int64), axis=axis, keepdims=True)
     mem.write(dst, numerics.cast(value, dst.dtype))

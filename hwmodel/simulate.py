@@ -52,11 +52,18 @@ def simulate(kernel_fn: KernelFn, machine: MachineSpec, args: Sequence[TensorArg
              data: Mapping[str, np.ndarray] | None = None, sample_cores: Sequence[int] | None = None,
              timeline_core: int | None = None) -> SimResult:
     """Run `kernel_fn` SPMD on `machine`. Outputs not given in `data` start as NaN."""
-    decls = declare(args)
-    trace = record_trace(kernel_fn, machine, decls)
+    trace = record_trace(kernel_fn, machine, declare(args))
     timing = simulate_timing(trace, machine, timeline_core=timeline_core)
     if data is None:
         return SimResult(timing, trace, None, _names(trace, coverage(trace)), ())
+    outputs, written, replayed = replay(trace, machine, data, sample_cores)
+    return SimResult(timing, trace, outputs, written, replayed)
+
+
+def replay(trace: Trace, machine: MachineSpec, data: Mapping[str, np.ndarray],
+           sample_cores: Sequence[int] | None = None) -> tuple[dict, dict, tuple[int, ...]]:
+    """Compute a recorded trace's numbers: (outputs by name, written masks by name, cores replayed).
+    Inputs are copied (the caller's arrays are never modified); outputs start as NaN."""
     gm = {}
     for t in trace.tensors:
         if t.role == "workspace" or t.name not in data:
@@ -70,7 +77,7 @@ def simulate(kernel_fn: KernelFn, machine: MachineSpec, args: Sequence[TensorArg
     written = run_numeric(trace, machine, gm, cores)
     outputs = {t.name: gm[t.id] for t in trace.tensors if t.role == "output"}
     replayed = tuple(range(machine.num_cores)) if cores is None else tuple(sorted(cores))
-    return SimResult(timing, trace, outputs, _names(trace, written), replayed)
+    return outputs, _names(trace, written), replayed
 
 
 def _names(trace: Trace, by_id: dict[int, np.ndarray]) -> dict[str, np.ndarray]:

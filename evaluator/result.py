@@ -1,0 +1,61 @@
+"""The outcome of evaluating one candidate: a frozen record, failures included.
+
+Failures are data: a status, a message an LLM (or a person) can act on, and time = inf.
+"""
+from __future__ import annotations
+
+import math
+from enum import Enum
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class EvalStatus(str, Enum):
+    ok = "ok"
+    policy_violation = "policy_violation"
+    compile_error = "compile_error"
+    runtime_error = "runtime_error"
+    hw_violation = "hw_violation"
+    wrong = "wrong"
+    timeout = "timeout"
+    oom = "oom"
+
+
+class EvalResult(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    status: EvalStatus
+    message: str = Field(description="what failed, where, with numbers; empty when ok")
+    line: int = Field(0, description="kernel source line the failure points at (0: none)")
+    stage: str = Field(description="last cascade stage reached: policy, sandbox, correctness, benchmark")
+    task: str
+    machine: str
+    shape: str
+    source_hash: str
+    errors: dict[str, float] = Field(default_factory=dict, description="worst relative error per distribution")
+    budgets: dict[str, float] = Field(default_factory=dict, description="error budget per distribution")
+    bench_error: float | None = None
+    trials: int = 0
+    time_ns: float = math.inf
+    tflops: float = 0.0
+    pct_of_peak: float = 0.0
+    pct_of_roofline: float = 0.0
+    bottleneck: str = ""
+    pipe_busy: dict[str, float] = Field(default_factory=dict)
+    l2_hit_rate: float = 0.0
+    roofline: str = ""
+    ops: int = 0
+    seed: int = 0
+    eval_seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return self.status is EvalStatus.ok
+
+    def feedback(self) -> str:
+        """A few lines for an agent: the failure and what to do, or the roofline picture."""
+        if not self.ok:
+            where = f" (kernel line {self.line})" if self.line else ""
+            return f"{self.status.value}{where}: {self.message}"
+        errs = ", ".join(f"{d} {e:.2e} (budget {self.budgets.get(d, 0):.1e})" for d, e in self.errors.items())
+        return f"ok at {self.shape}: {self.roofline}\nErrors: {errs}."

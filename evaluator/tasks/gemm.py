@@ -1,0 +1,88 @@
+"""GEMM tasks: FP32-accurate (`sgemm`), FP16-in (`hgemm`), quantized approximate (`qgemm`).
+
+c[M,N] (fp32) = a[M,K] @ b[K,N]. sgemm and hgemm must be as accurate as a true FP32 GEMM
+(error at most BUDGET_FACTOR x that of numpy's float32 matmul on the same inputs);
+qgemm has a fixed budget on LLM-like inputs, so INT8 with residual compensation and
+plain FP16 compete on speed while plain INT8 does not pass.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from evaluator.tasks.base import Shape, Task, rel_fro
+from evaluator.tasks.distributions import draw
+from hwmodel.dtypes import BITS, NUMPY
+from hwmodel.simulate import TensorArg
+
+
+@dataclass(frozen=True)
+class GemmTask(Task):
+    in_dtype: str = "fp32"
+    budget_factor: float = 0.0      # > 0: budget = factor x float32-matmul error on the same inputs
+    fixed_budget: float = 0.0       # > 0: budget is this relative Frobenius error
+
+    def args(self, shape: Shape) -> list[TensorArg]:
+        m, n, k = shape
+        return [TensorArg("a", (m, k), self.in_dtype), TensorArg("b", (k, n), self.in_dtype),
+                TensorArg("c", (m, n), "fp32", "output")]
+
+    def inputs(self, shape: Shape, dist: str, rng: np.random.Generator) -> dict[str, np.ndarray]:
+        m, n, k = shape
+        a = draw(dist, (m, k), rng, "activation").astype(NUMPY[self.in_dtype])
+        b = draw(dist, (k, n), rng, "weight").astype(NUMPY[self.in_dtype])
+        return {"a": a, "b": b}
+
+    def sample_coords(self, mask, rng, n):
+        """Elements from at most SAMPLE_ROWS rows, so references are a few row-panel GEMMs."""
+        rows = np.flatnonzero(mask.any(axis=1))
+        rows = np.sort(rng.choice(rows, min(SAMPLE_ROWS, len(rows)), replace=False))
+        r, c = np.nonzero(mask[rows])
+        if len(r) > n:
+            pick = np.sort(rng.choice(len(r), n, replace=False))
+            r, c = r[pick], c[pick]
+        return rows[r], c
+
+    def _product(self, inputs, coords, dtype) -> np.ndarray:
+        a, b = inputs["a"].astype(dtype), inputs["b"].astype(dtype)
+        if coords is None:
+            return a @ b
+        rows, cols = coords
+        panel_rows, where = np.unique(rows, return_inverse=True)
+        return (a[panel_rows] @ b)[where, cols]
+
+    def reference(self, inputs, coords=None):
+        return self._product(inputs, coords, np.float64)
+
+    def budget(self, inputs, ref, coords=None):
+        if self.fixed_budget:
+            return self.fixed_budget
+        return self.budget_factor * max(rel_fro(self._product(inputs, coords, np.float32), ref), 1e-9)
+
+    def flops(self, shape: Shape) -> float:
+        m, n, k = shape
+        return 2.0 * m * n * k
+
+    def compulsory_bytes(self, shape: Shape) -> float:
+        m, n, k = shape
+        return (m * k + k * n) * BITS[self.in_dtype] / 8 + m * n * 4
+
+
+SAMPLE_ROWS = 64
+SMALL = ((256, 256, 256), (1024, 64, 256), (200, 136, 72))   # square, tall-skinny, ragged
+
+SGEMM = GemmTask(
+    name="sgemm", description="FP32 GEMM that must be FP32-accurate (<= 4x the error of a true FP32 GEMM)",
+    engine="fp32_split", shape_names=("M", "N", "K"), small_shapes=SMALL, bench_shape=(4096, 4096, 4096),
+    distributions=("uniform", "normal", "wide", "llm"), in_dtype="fp32", budget_factor=4.0)
+
+HGEMM = GemmTask(
+    name="hgemm", description="FP16-input GEMM with FP32 output, as accurate as FP32 accumulation",
+    engine="fp16", shape_names=("M", "N", "K"), small_shapes=SMALL, bench_shape=(4096, 4096, 4096),
+    distributions=("uniform", "normal", "wide", "llm"), in_dtype="fp16", budget_factor=4.0)
+
+QGEMM = GemmTask(
+    name="qgemm", description="FP32 GEMM with a 2e-3 relative error budget on LLM-like inputs (quantized engines welcome)",
+    engine="int8", shape_names=("M", "N", "K"), small_shapes=SMALL, bench_shape=(4096, 4096, 4096),
+    distributions=("llm",), in_dtype="fp32", fixed_budget=2e-3)
