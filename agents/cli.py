@@ -5,6 +5,8 @@ nothing here prints a traceback for bad input.
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 import typer
 from rich.console import Console
 from rich import box
@@ -99,6 +101,60 @@ def machines_show(name: str = typer.Argument(..., help="preset name (see `cubepi
                   f"{m.gm.core_l2_bytes_per_cycle:g} on a hit; latency {m.gm.hbm_latency_cycles}/{m.gm.l2_latency_cycles} cycles.")
     if m.notes:
         console.print(f"Notes: {m.notes}")
+
+
+@app.command("tasks")
+def tasks() -> None:
+    """List the tasks a kernel can be evaluated on."""
+    from evaluator.tasks import TASKS
+
+    console.print("[bold]Tasks[/] (cubepilot eval FILE --task NAME)\n")
+    for t in TASKS.values():
+        console.print(f"[bold]{t.name}[/]  kernel(k, {', '.join(t.arg_names)})  engine {t.engine}  "
+                      f"benchmark {'x'.join(t.shape_names)} = {t.format_shape(t.bench_shape)}", highlight=False)
+        console.print(f"    {t.description}.\n    distributions: {', '.join(t.distributions)}; small shapes: "
+                      f"{', '.join(t.format_shape(s) for s in t.small_shapes)}\n", highlight=False)
+
+
+@app.command("eval")
+def eval_kernel(
+    file: Path = typer.Argument(..., help="kernel source file defining kernel(k, ...)"),
+    task: str = typer.Option("sgemm", "--task", "-t", help="task name (see `cubepilot tasks`)"),
+    machine: str = typer.Option("ascend-910a", "--machine", "-m", help="preset name or TOML path"),
+    shape: str = typer.Option(None, "--shape", "-s", help="benchmark shape, e.g. 4096x4096x4096 (default: the task's)"),
+    seed: int = typer.Option(None, "--seed", help="seed for the test inputs (default: fresh each run)"),
+    as_json: bool = typer.Option(False, "--json", help="print one JSON object instead of the report"),
+) -> None:
+    """Evaluate one kernel: policy, sandbox, correctness on every distribution, timing.
+
+    Exits 0 only when the kernel is ok; 1 when it fails; 2 for bad input (missing file, unknown
+    task or machine, bad shape, syntax error, no kernel() with the task's signature)."""
+    from evaluator.cascade import EvalConfig, evaluate
+    from evaluator.errors import EvalError
+    from evaluator.tasks import get_task
+
+    if not file.is_file():
+        fail(f"kernel file {str(file)!r} does not exist (give the path of a .py file defining kernel(k, ...))")
+    try:
+        source = file.read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        fail(f"cannot read {str(file)!r}: {exc}")
+    try:
+        the_task = get_task(task)
+        the_shape = the_task.parse_shape(shape) if shape else None
+    except EvalError as exc:
+        fail(str(exc))
+    spec = _machine(machine)
+    with console.status(f"evaluating {file.name} on {task} / {spec.name} ...", spinner="dots"):
+        result = evaluate(source, the_task, spec, the_shape, EvalConfig(seed=seed))
+    if as_json:
+        print(result.model_dump_json())
+    else:
+        from agents.report_text import print_eval_result
+        print_eval_result(console, result, file.name)
+    if result.status.value == "compile_error":   # bad input: syntax error, missing or mis-typed kernel()
+        raise typer.Exit(2)
+    raise typer.Exit(0 if result.ok else 1)
 
 
 def main() -> None:

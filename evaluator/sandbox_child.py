@@ -101,7 +101,8 @@ def main() -> None:
     for item in request["shapes"]:
         args = [TensorArg(name, tuple(shape), dtype, role) for name, shape, dtype, role in item["args"]]
         try:
-            trace = record_trace(kernel, machine, declare(args))
+            trace = record_trace(kernel, machine, declare(args),
+                                 max_ops_per_core=max(1, request["max_ops"] // machine.num_cores))
             ops = trace.num_ops
             if ops > request["max_ops"]:
                 _reply(out, "hw_violation", f"the kernel issued {ops:,} ops at shape {item['key']}; the limit is "

@@ -58,8 +58,9 @@ class _Shared:
     (same kind, operands, parameters and source line) are one object, checked once; most
     of a GEMM's ops repeat across steps and cores, so traces stay small."""
 
-    def __init__(self, first_id: int, inputs: frozenset[int] = frozenset()):
+    def __init__(self, first_id: int, inputs: frozenset[int] = frozenset(), max_ops_per_core: int = 2_000_000):
         self.next_id = first_id
+        self.max_ops_per_core = max_ops_per_core
         self.decls: list[TensorDecl] = []
         self.inputs = inputs
         self.ops: dict[tuple, Op] = {}
@@ -171,6 +172,9 @@ class Kernel:
             raise HwError(f"{kind}: operands must be tensor or buffer views, got {type(bad).__name__} "
                           "(index a ring with its slot number: buf[i % 2])") from None
         op = self._distinct.get(key)
+        if len(self._ops) >= self._shared.max_ops_per_core:
+            raise HwError(f"{kind}: core {self.core_id} issued more than {self._shared.max_ops_per_core:,} ops; "
+                          "use larger tiles (every op also costs issue time on the scalar pipe)")
         if op is None:
             op = Op(kind, dst, src, params, line)
             check_op(op, self._machine)
@@ -293,11 +297,12 @@ def paused_gc():
             gc.enable()
 
 
-def record_trace(kernel_fn: KernelFn, machine: MachineSpec, tensors: Sequence[TensorDecl]) -> Trace:
+def record_trace(kernel_fn: KernelFn, machine: MachineSpec, tensors: Sequence[TensorDecl],
+                 max_ops_per_core: int = 2_000_000) -> Trace:
     """Run the kernel's Python once per core and collect what it issued."""
     args = [View.whole("GM", t.id, 0, t.shape, t.dtype) for t in tensors]
     shared = _Shared(first_id=max((t.id for t in tensors), default=-1) + 1,
-                     inputs=frozenset(t.id for t in tensors if t.role == "input"))
+                     inputs=frozenset(t.id for t in tensors if t.role == "input"), max_ops_per_core=max_ops_per_core)
     buffers, ops = [], []
     with paused_gc():
         for core in range(machine.num_cores):

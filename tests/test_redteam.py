@@ -1,0 +1,63 @@
+"""Every red-team kernel is rejected with the status its header names; every library
+kernel is accepted (no false positives). Each evaluation runs the real sandbox."""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from evaluator.cascade import EvalConfig, evaluate
+from evaluator.sandbox import SandboxLimits
+from evaluator.tasks import get_task
+from hwmodel.spec import load_machine
+from strategies.library import kernel_path
+
+pytestmark = pytest.mark.integration
+
+REDTEAM = sorted((Path(__file__).parent / "redteam").glob("*.py"))
+LIMITS = SandboxLimits(wall_s=20, cpu_s=20, memory_bytes=1 * 2**30)
+
+
+def header(path: Path, field: str, default: str | None = None) -> str | None:
+    match = re.search(rf"^# {field}: (\S+)", path.read_text(), re.M)
+    return match.group(1) if match else default
+
+
+def test_redteam_has_every_class():
+    assert len(REDTEAM) >= 20
+    statuses = {header(p, "expect") for p in REDTEAM}
+    assert {"policy_violation", "runtime_error", "hw_violation", "wrong", "timeout", "oom"} <= statuses
+
+
+@pytest.mark.parametrize("path", REDTEAM, ids=[p.stem for p in REDTEAM])
+def test_redteam_kernel_is_rejected(path: Path):
+    task = get_task(header(path, "task", "sgemm"))
+    shape = task.parse_shape(header(path, "shape", "512x512x512"))
+    result = evaluate(path.read_text(), task, load_machine("ascend-910a"), shape,
+                      EvalConfig(seed=7, limits=LIMITS))
+    assert result.status.value == header(path, "expect"), result.message
+    assert result.message, "a rejection must say why"
+    assert result.time_ns == float("inf")
+
+
+LIBRARY = [("sgemm_cube", "sgemm"), ("hgemm_cube", "hgemm"), ("sgemm_vector", "sgemm")]
+
+
+@pytest.mark.parametrize("name,task", LIBRARY)
+def test_library_kernel_is_accepted(name: str, task: str):
+    result = evaluate(kernel_path(name).read_text(), get_task(task), load_machine("ascend-910a"),
+                      get_task(task).parse_shape("512x512x512"), EvalConfig(seed=3))
+    assert result.ok, result.message
+    assert result.tflops > 0 and 0 < result.pct_of_roofline <= 100
+    assert all(result.errors[d] <= result.budgets[d] for d in result.errors)
+
+
+def test_sandbox_survives_and_parent_stays_healthy():
+    """After an infinite loop and a memory bomb, the same process evaluates a good kernel."""
+    machine, task = load_machine("ascend-910a"), get_task("hgemm")
+    for bad in ("infinite_loop", "memory_bomb"):
+        source = (Path(__file__).parent / "redteam" / f"{bad}.py").read_text()
+        assert not evaluate(source, task, machine, (256, 256, 256), EvalConfig(limits=LIMITS)).ok
+    good = evaluate(kernel_path("hgemm_cube").read_text(), task, machine, (256, 256, 256))
+    assert good.ok, good.message
