@@ -7,6 +7,7 @@ the last phase (sampled validation); earlier phases always run on every core.
 from __future__ import annotations
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 from hwmodel import numerics
 from hwmodel.dtypes import FLOATS, NUMPY
@@ -66,6 +67,11 @@ def run_numeric(trace: Trace, machine: MachineSpec, gm: dict[int, np.ndarray],
                 cores: set[int] | None = None) -> dict[int, np.ndarray]:
     """Replay `trace` on the GM arrays (modified in place). Returns, per output tensor id, a
     boolean mask of the elements that some op wrote (on any core, replayed or not)."""
+    with threadpool_limits(1, user_api="blas"):   # thousands of small GEMMs: threads only contend
+        return _run(trace, machine, gm, cores)
+
+
+def _run(trace: Trace, machine: MachineSpec, gm: dict[int, np.ndarray], cores: set[int] | None) -> dict[int, np.ndarray]:
     mem = _Memory(gm)
     per_core = [_phases(ops) for ops in trace.ops]
     n_phases = len(per_core[0]) if per_core else 0

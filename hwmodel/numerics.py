@@ -50,11 +50,23 @@ def cast(x: np.ndarray, dtype: str) -> np.ndarray:
     """Round-to-nearest-even conversion; integers saturate."""
     if dtype in FLOATS:
         with np.errstate(over="ignore", invalid="ignore"):
-            return x.astype(np.float64 if x.dtype.kind in "iu" else x.dtype).astype(NUMPY[dtype])
+            src = x.astype(np.float64) if x.dtype.kind in "iu" else x
+            if dtype == "bf16" and src.dtype == np.float64:
+                src = _fp32_round_to_odd(src)   # ml_dtypes casts float64 via float32: avoid double rounding
+            return src.astype(NUMPY[dtype])
     lo, hi = INT_RANGE[dtype]
     with np.errstate(invalid="ignore"):
         v = np.clip(np.rint(x.astype(np.float64)), lo, hi)
     return np.nan_to_num(v, nan=0).astype(np.int64).astype(NUMPY[dtype])
+
+
+def _fp32_round_to_odd(x: np.ndarray) -> np.ndarray:
+    """float64 -> float32 truncated, last bit set when inexact: rounding this to a format with
+    at most 22 significand bits gives the correctly rounded result of x."""
+    r = round_fp32(x, "rz")
+    inexact = np.isfinite(x) & (r.astype(np.float64) != x)
+    r.view(np.uint32)[inexact] |= np.uint32(1)
+    return r
 
 
 def split_fp16(x: np.ndarray, shift: int, half: str = "fp16") -> tuple[np.ndarray, np.ndarray]:
