@@ -122,6 +122,8 @@ class Kernel:
     def workspace(self, shape: Sequence[int], dtype: str, name: str = "") -> View:
         """A GM scratch tensor shared by all cores (write it, k.barrier(), then read it)."""
         shape = tuple(int(s) for s in shape)
+        if not shape or any(s <= 0 for s in shape):
+            raise ShapeError(f"workspace: shape {shape} must have at least one dimension, all positive")
         check_dtype(dtype)
         index = self._n_workspaces
         self._n_workspaces += 1
@@ -130,6 +132,9 @@ class Kernel:
 
     def capacity(self, space: str) -> int:
         """Bytes of `space` still free on this core."""
+        if space not in self._machine.memories:
+            raise HwError(f"capacity: {self.machine_name} has no memory {space!r}; it has "
+                          f"{', '.join(self._machine.memories)}")
         return self._machine.memories[space].capacity_bytes - self._used[space]
 
     def has_path(self, src: str, dst: str) -> bool:
@@ -138,7 +143,10 @@ class Kernel:
 
     def fractal(self, dtype: str) -> tuple[int, int, int]:
         """The cube's (m, n, k) fractal for `dtype` inputs."""
-        mode = self._machine.cube.modes[dtype]
+        mode = self._machine.cube.modes.get(dtype)
+        if mode is None:
+            raise HwError(f"fractal: {self.machine_name}'s cube takes {', '.join(self._machine.cube.modes)}, "
+                          f"not {dtype!r}")
         return mode.m, mode.n, mode.k
 
     # ------------------------------------------------------------ work distribution
@@ -158,15 +166,15 @@ class Kernel:
         elif order == "row":
             seq = [(i, j) for b in range(0, nr, group) for j in range(nc) for i in range(b, min(b + group, nr))]
         else:
-            raise ValueError(f"tiles: order must be 'row' or 'col', got {order!r}")
+            raise HwError(f"tiles: order must be 'row' or 'col', got {order!r}")
         return [(i * tr, j * tc) for (i, j) in seq[self.core_id::self.num_cores]]
 
     # ------------------------------------------------------------ ops
     def _emit(self, kind: str, dst: tuple, src: tuple, params: tuple = ()) -> None:
         line = sys._getframe(2).f_lineno
         try:
-            key = (kind, line, params, *[(v.key, v.offset, v.extent, v.keep) for v in dst],
-                   None, *[(v.key, v.offset, v.extent, v.keep) for v in src])
+            key = (kind, line, params, *[(v.key, v.space, v.dtype, v.offset, v.extent, v.keep) for v in dst],
+                   None, *[(v.key, v.space, v.dtype, v.offset, v.extent, v.keep) for v in src])
         except AttributeError:
             bad = next(v for v in dst + src if not isinstance(v, View))
             raise HwError(f"{kind}: operands must be tensor or buffer views, got {type(bad).__name__} "

@@ -51,9 +51,9 @@ def check_alignment(view: View, machine: MachineSpec, op: Op) -> None:
     if view.space == "GM":
         return
     mem = machine.memories[view.space]
-    col_off_bytes = view.offset[-1] * BITS[view.dtype] // 8
-    if col_off_bytes % mem.alignment_bytes:
-        raise _fail(AlignmentError, op, f"{view.space} view starts {col_off_bytes} B into its row; "
+    col_off_bits = view.offset[-1] * BITS[view.dtype]
+    if col_off_bits % (8 * mem.alignment_bytes):
+        raise _fail(AlignmentError, op, f"{view.space} view starts {col_off_bits / 8:g} B into its row; "
                     f"{view.space} needs {mem.alignment_bytes}-B alignment (start the column slice at a "
                     f"multiple of {mem.alignment_bytes * 8 // BITS[view.dtype]} {view.dtype} elements)")
     if mem.fractal_rows > 1 and len(view.offset) >= 2 and view.offset[-2] % mem.fractal_rows:

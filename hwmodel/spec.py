@@ -7,7 +7,6 @@ may pass a path to their own file. Errors name the field and the allowed values.
 from __future__ import annotations
 
 import tomllib
-from functools import cached_property
 from pathlib import Path
 from typing import Literal
 
@@ -117,11 +116,10 @@ class MachineSpec(_Frozen):
 
     # ---- derived figures -------------------------------------------------
     def path(self, src: str, dst: str) -> PathSpec | None:
-        return self._paths_by_ends.get((src, dst))
-
-    @cached_property
-    def _paths_by_ends(self) -> dict[tuple[str, str], PathSpec]:
-        return {(p.src, p.dst): p for p in self.paths}
+        for p in self.paths:        # a dozen paths: a scan is cheap, and stays right under model_copy
+            if p.src == src and p.dst == dst:
+                return p
+        return None
 
     def peak_tflops(self, mode: str) -> float:
         """Peak of one cube mode in T(FL)OP/s (2 ops per MAC)."""

@@ -71,15 +71,16 @@ class _GmAccess:
         tensor = tensor_index[view.base]
         br, bb = gm.l2_block_rows, gm.l2_block_bytes
         blocks_per_row = ceil(row_bytes / bb)
-        blocks: list[tuple[int, int]] = []
+        blocks: list[tuple[int, int, float]] = []   # (block key, mask of its rows touched, bytes per row)
         inflate = self.charged_bytes / max(1, n_rows * (c1 - c0))
         for r0, r1 in runs:
             for rb in range(r0 // br, (r1 - 1) // br + 1):
-                rows_in = min(r1, (rb + 1) * br) - max(r0, rb * br)
+                lo, hi = max(r0, rb * br) - rb * br, min(r1, (rb + 1) * br) - rb * br
+                rows = ((1 << (hi - lo)) - 1) << lo
                 for cb in range(c0 // bb, (c1 - 1) // bb + 1):
                     cols_in = min(c1, (cb + 1) * bb) - max(c0, cb * bb)
                     key = (tensor << 40) | (rb * blocks_per_row + cb)
-                    blocks.append((key, rows_in * cols_in * inflate))
+                    blocks.append((key, rows, cols_in * inflate))
         self.blocks = tuple(blocks)
 
 
@@ -118,7 +119,7 @@ def _simulate_timing(trace: Trace, machine: MachineSpec, timeline_core: int | No
     issue = machine.issue_cycles
     s_pipe = pipes.index("S")
     l2_capacity = gm.l2_bytes // (gm.l2_block_rows * gm.l2_block_bytes)
-    l2: OrderedDict[int, None] = OrderedDict()
+    l2: OrderedDict[int, int] = OrderedDict()   # block key -> bit mask of resident rows
     stats = {"hit": 0.0, "miss": 0.0}
 
     # ---- compile each core's ops into tuples the loop can run fast; identical
@@ -175,25 +176,21 @@ def _simulate_timing(trace: Trace, machine: MachineSpec, timeline_core: int | No
     timeline: list[tuple[int, str, float, float]] = []
 
     def gm_time(access: _GmAccess) -> tuple[float, float]:
-        if access.is_write:
-            for key, _ in access.blocks:
-                l2[key] = None
-                l2.move_to_end(key)
-            while len(l2) > l2_capacity:
-                l2.popitem(last=False)
-            nbytes = sum(b for _, b in access.blocks)
+        """Hit and miss bytes of one transfer; L2 residency is tracked per block and row."""
+        hit = miss = 0.0
+        for key, rows, row_bytes in access.blocks:
+            resident = l2.pop(key, 0)
+            l2[key] = resident | rows
+            hit_rows = (resident & rows).bit_count()
+            hit += hit_rows * row_bytes
+            miss += (rows.bit_count() - hit_rows) * row_bytes
+        while len(l2) > l2_capacity:
+            l2.popitem(last=False)
+        if access.is_write:   # write-allocate in L2; the data still goes to HBM
+            nbytes = hit + miss
             stats["miss"] += nbytes
             rate = min(access.path_bpc, gm.core_hbm_bytes_per_cycle, hbm_share)
             return access.setup + nbytes / rate, 0.0
-        hit = miss = 0.0
-        for key, b in access.blocks:
-            if key in l2:
-                l2.move_to_end(key)
-                hit += b
-            else:
-                l2[key] = None
-                miss += b
-        while len(l2) > l2_capacity:
             l2.popitem(last=False)
         stats["hit"] += hit
         stats["miss"] += miss

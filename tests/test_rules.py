@@ -282,8 +282,6 @@ def test_slice_stop_past_the_end_is_clamped():
     trace(kernel, "ascend-910a", A32, C32)
 
 
-@pytest.mark.xfail(strict=True, raises=pytest.fail.Exception, reason="ops.py check_alignment floors the byte offset (offset * 4 // 8), so an "
-                   "int4 view starting half a byte into its row passes")
 def test_int4_view_starting_mid_byte_is_misaligned():
     def kernel(k, a, c):
         l1 = k.alloc("L1", (16, 128), "int4")
@@ -305,9 +303,6 @@ def test_kernel_inputs_are_read_only():
 
 
 # ---------------------------------------------------------------- SPMD rules
-@pytest.mark.xfail(strict=True, raises=pytest.fail.Exception, reason="dsl.py interns ops by (kind, line, view keys); a view key is a per-core "
-                   "buffer id without memory or dtype, so core 1 reuses core 0's already-checked op and its "
-                   "fp32 -> fp16 copy is never checked (validate_trace catches it, record_trace/simulate do not)")
 def test_rule_broken_on_one_core_only_is_caught():
     def kernel(k, a, c):
         if k.core_id < 2:

@@ -240,9 +240,6 @@ def test_lru_l2_smaller_than_the_working_set_thrashes():
     assert thrash.cycles > roomy.cycles
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason="timing.py marks a whole L2 block (32 rows x 256 B) resident when a "
-                   "transfer touches part of it, so later reads of the block's other rows count as L2 hits "
-                   "for bytes never fetched from HBM")
 def test_reading_a_tensor_row_by_row_fetches_every_byte_from_hbm():
     rows, cols = 128, 1024
 
