@@ -18,7 +18,7 @@ import numpy as np
 from evaluator.codec import CodecError, decode
 from evaluator.policy import check_policy
 from evaluator.result import EvalResult, EvalStatus
-from evaluator.sandbox import SandboxLimits, record_in_sandbox
+from evaluator.sandbox import SandboxLimits, SandboxRun
 from evaluator.tasks.base import Shape, Task, rel_fro
 from hwmodel.errors import HwError
 from hwmodel.execute import coverage
@@ -100,23 +100,43 @@ class _Cascade:
         if violation:
             return self.fail(EvalStatus.policy_violation, "policy", violation.message, violation.line)
         task = self.task
-        shapes = {task.format_shape(s): task.args(s) for s in task.small_shapes}
         bench_key = task.format_shape(self.shape)
-        shapes[bench_key] = task.args(self.shape)
-        outcome = record_in_sandbox(self.source, self.machine, list(task.arg_names), shapes, self.config.limits)
+        small = {task.format_shape(s): task.args(s) for s in task.small_shapes}
+        arg_names = list(task.arg_names)
+        # the benchmark shape records in a second sandbox while the small shapes are checked here
+        bench_run = None if bench_key in small else SandboxRun(
+            self.source, self.machine, arg_names, {bench_key: task.args(self.shape)}, self.config.limits)
+        try:
+            traces, failure = self.collect(SandboxRun(self.source, self.machine, arg_names, small, self.config.limits))
+            if failure:
+                return failure
+            failure, errors, budgets, trials = self.correctness(traces)
+            if failure:
+                return failure
+            if bench_run is not None:
+                bench_traces, failure = self.collect(bench_run)
+                bench_run = None
+                if failure:
+                    return failure
+                traces.update(bench_traces)
+        finally:
+            if bench_run is not None:
+                bench_run.cancel()
+        return self.benchmark(traces[bench_key], errors, budgets, trials)
+
+    def collect(self, run: SandboxRun) -> tuple[dict, EvalResult | None]:
+        """Decoded, validated traces of a sandbox run, or the failure it ended in."""
+        outcome = run.result()
         if outcome.status != "ok":
-            return self.fail(EvalStatus(outcome.status), "sandbox", outcome.message, outcome.line)
+            return {}, self.fail(EvalStatus(outcome.status), "sandbox", outcome.message, outcome.line)
         traces = {}
         for key, blob in outcome.traces.items():
             try:
                 traces[key] = decode(blob)
                 validate_trace(traces[key], self.machine)
             except (CodecError, HwError) as exc:
-                return self.fail(EvalStatus.hw_violation, "sandbox", f"the trace at shape {key} is invalid: {exc}")
-        failure, errors, budgets, trials = self.correctness(traces)
-        if failure:
-            return failure
-        return self.benchmark(traces[bench_key], errors, budgets, trials)
+                return {}, self.fail(EvalStatus.hw_violation, "sandbox", f"the trace at shape {key} is invalid: {exc}")
+        return traces, None
 
     # ------------------------------------------------------------------ stage 3
     def correctness(self, traces):

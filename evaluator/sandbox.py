@@ -15,6 +15,7 @@ import struct
 import subprocess
 import sys
 import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -60,27 +61,54 @@ def _limit(limits: SandboxLimits):
     return apply
 
 
+class SandboxRun:
+    """One sandboxed recording in flight: started at construction, collected by `result()`,
+    so the trusted process can work (e.g. check small shapes) while the child records."""
+
+    def __init__(self, source: str, machine: MachineSpec, arg_names: list[str],
+                 shapes: dict[str, list[TensorArg]], limits: SandboxLimits = SandboxLimits()):
+        self.limits = limits
+        request = json.dumps({
+            "source": source, "machine": machine.model_dump(mode="json"), "arg_names": arg_names,
+            "max_ops": limits.max_ops,
+            "shapes": [{"key": key, "args": [[a.name, list(a.shape), a.dtype, a.role] for a in args]}
+                       for key, args in shapes.items()],
+        }).encode()
+        self._tmp = tempfile.TemporaryDirectory(prefix="cubepilot-sandbox-")
+        self._started = time.monotonic()
+        self._proc = subprocess.Popen(
+            [sys.executable, "-E", "-s", "-B", "-c", _LAUNCH, str(PROJECT_ROOT)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=self._tmp.name,
+            env=_child_env(self._tmp.name), start_new_session=True, preexec_fn=_limit(limits))
+        try:
+            self._proc.stdin.write(request)   # the child reads it all at once, before anything else
+            self._proc.stdin.close()
+        except BrokenPipeError:
+            pass
+        self._proc.stdin = None               # so communicate() only reads
+
+    def result(self) -> SandboxOutcome:
+        remaining = max(0.1, self.limits.wall_s - (time.monotonic() - self._started))
+        try:
+            out, err = self._proc.communicate(timeout=remaining)
+        except subprocess.TimeoutExpired:
+            _kill_group(self._proc)
+            return SandboxOutcome("timeout", f"the kernel's Python did not finish within {self.limits.wall_s:.0f} s "
+                                  "(an endless loop, or far too many ops)")
+        finally:
+            self._tmp.cleanup()
+        return _parse(self._proc.returncode, out, err, self.limits)
+
+    def cancel(self) -> None:
+        if self._proc.poll() is None:
+            _kill_group(self._proc)
+        self._tmp.cleanup()
+
+
 def record_in_sandbox(source: str, machine: MachineSpec, arg_names: list[str],
                       shapes: dict[str, list[TensorArg]], limits: SandboxLimits = SandboxLimits()) -> SandboxOutcome:
     """Record the kernel's trace for every shape (key -> arguments) in a sandboxed process."""
-    request = json.dumps({
-        "source": source, "machine": machine.model_dump(mode="json"), "arg_names": arg_names,
-        "max_ops": limits.max_ops,
-        "shapes": [{"key": key, "args": [[a.name, list(a.shape), a.dtype, a.role] for a in args]}
-                   for key, args in shapes.items()],
-    }).encode()
-    with tempfile.TemporaryDirectory(prefix="cubepilot-sandbox-") as tmp:
-        proc = subprocess.Popen(
-            [sys.executable, "-E", "-s", "-B", "-c", _LAUNCH, str(PROJECT_ROOT)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=tmp,
-            env=_child_env(tmp), start_new_session=True, preexec_fn=_limit(limits))
-        try:
-            out, err = proc.communicate(request, timeout=limits.wall_s)
-        except subprocess.TimeoutExpired:
-            _kill_group(proc)
-            return SandboxOutcome("timeout", f"the kernel's Python did not finish within {limits.wall_s:.0f} s "
-                                  "(an endless loop, or far too many ops)")
-    return _parse(proc.returncode, out, err, limits)
+    return SandboxRun(source, machine, arg_names, shapes, limits).result()
 
 
 def _kill_group(proc: subprocess.Popen) -> None:

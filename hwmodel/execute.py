@@ -88,13 +88,12 @@ def _run(trace: Trace, machine: MachineSpec, gm: dict[int, np.ndarray], cores: s
 def coverage(trace: Trace, cores: set[int] | None = None) -> dict[int, np.ndarray]:
     """Per output tensor id, the elements written by some GM copy on any core (or on `cores`)."""
     written = {t.id: np.zeros(t.shape, bool) for t in trace.tensors if t.role == "output"}
-    for core, core_ops in enumerate(trace.ops):
-        if cores is not None and core not in cores:
-            continue
-        for op in core_ops:
-            if op.kind == "copy" and op.dst[0].space == "GM" and op.dst[0].base in written:
-                v = op.dst[0]
-                written[v.base][_index(v)] = True
+    # identical ops are shared objects, and marking twice changes nothing: visit each once
+    ops = trace.distinct_ops() if cores is None else {id(op): op for c in cores for op in trace.ops[c]}.values()
+    for op in ops:
+        if op.kind == "copy" and op.dst[0].space == "GM" and op.dst[0].base in written:
+            v = op.dst[0]
+            written[v.base][_index(v)] = True
     return written
 
 

@@ -36,6 +36,9 @@ class TensorDecl:
     role: str  # "input", "output" or "workspace"
 
 
+_KEEP2 = (True, True)
+
+
 class View:
     """A rectangle of a GM tensor or of one slot of an on-chip buffer."""
 
@@ -56,7 +59,8 @@ class View:
 
     @classmethod
     def whole(cls, space: str, base: int, slot: int, shape: tuple[int, ...], dtype: str) -> "View":
-        return cls(space, base, slot, (0,) * len(shape), tuple(shape), (True,) * len(shape), dtype)
+        keep = _KEEP2 if len(shape) == 2 else (True,) * len(shape)
+        return cls(space, base, slot, (0,) * len(shape), tuple(shape), keep, dtype)
 
     @property
     def size(self) -> int:
@@ -78,12 +82,18 @@ class View:
         if type(key) is not tuple:
             key = (key,)
         keep = self.keep
-        if len(key) == 2 and len(keep) == 2 and keep[0] and keep[1] \
-                and type(key[0]) is slice and type(key[1]) is slice:   # the common 2-D case
-            (o0, o1), (e0, e1) = self.offset, self.extent
-            s0, t0 = _bounds(key[0], e0, self.shape)
-            s1, t1 = _bounds(key[1], e1, self.shape)
-            return View(self.space, self.base, self.slot, (o0 + s0, o1 + s1), (t0 - s0, t1 - s1), keep, self.dtype)
+        if keep is _KEEP2 and len(key) == 2:   # the common 2-D case, inlined (kernels slice a lot)
+            k0, k1 = key
+            if type(k0) is slice and type(k1) is slice and k0.step is None and k1.step is None:
+                (o0, o1), (e0, e1) = self.offset, self.extent
+                s0 = k0.start or 0
+                t0 = e0 if k0.stop is None or k0.stop > e0 else k0.stop
+                s1 = k1.start or 0
+                t1 = e1 if k1.stop is None or k1.stop > e1 else k1.stop
+                if 0 <= s0 < t0 and 0 <= s1 < t1 and type(s0) is int and type(s1) is int and type(t0) is int \
+                        and type(t1) is int:
+                    return View(self.space, self.base, self.slot, (o0 + s0, o1 + s1), (t0 - s0, t1 - s1), keep,
+                                self.dtype)
         visible = [d for d, k in enumerate(keep) if k]
         if len(key) > len(visible):
             raise BoundsError(f"too many indices ({len(key)}) for a view of shape {self.shape}")
