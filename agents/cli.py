@@ -157,6 +157,67 @@ def eval_kernel(
     raise typer.Exit(0 if result.ok else 1)
 
 
+@app.command("run")
+def run(
+    task: str = typer.Option("sgemm", "--task", "-t", help="task to evolve kernels for (see `cubepilot tasks`)"),
+    machine: str = typer.Option("ascend-910a", "--machine", "-m", help="preset name or TOML path"),
+    budget: int = typer.Option(24, "--budget", "-n", min=1, help="evaluations to spend (repairs count)"),
+    seed: int = typer.Option(0, "--seed", help="seed of every decision and test input (same seed, same run)"),
+    backend: str = typer.Option("builtin", "--backend", help="builtin (no LLM, offline)"),
+    mode: str = typer.Option("strategy", "--mode", help="strategy (default) | mutation-only | random: ablations"),
+    shape: str = typer.Option(None, "--shape", "-s", help="benchmark shape (default: the task's)"),
+    resume: str = typer.Option(None, "--resume", help="continue the run with this id, where it stopped"),
+    archive: Path = typer.Option(None, "--archive", help="archive SQLite file (default .cubepilot/archive.sqlite)"),
+    as_json: bool = typer.Option(False, "--json", help="print one JSON summary object"),
+) -> None:
+    """Evolve kernels for a task on a machine. Ctrl-C stops cleanly; --resume continues."""
+    from agents import run_cli
+    from evaluator.errors import EvalError
+    from evaluator.tasks import get_task
+    from strategies.archive import RunConfig
+
+    if backend != "builtin":
+        fail(f"backend {backend!r} is not available; the builtin backend works offline (--backend builtin)")
+    if mode not in ("strategy", "mutation-only", "random"):
+        fail(f"--mode must be strategy, mutation-only or random, got {mode!r}")
+    archive_path = archive or run_cli.DEFAULT_ARCHIVE
+    config = None
+    if not resume:
+        try:
+            the_task = get_task(task)
+            the_shape = the_task.parse_shape(shape) if shape else the_task.bench_shape
+        except EvalError as exc:
+            fail(str(exc))
+        spec = _machine(machine)
+        config = RunConfig(task=task, machine=machine, shape=the_task.format_shape(the_shape), budget=budget,
+                           seed=seed, backend=backend, mode=mode)
+    try:
+        store, run_id, config = run_cli.start_or_resume(archive_path, config, resume)
+    except KeyError as exc:
+        fail(str(exc.args[0]))
+    if resume and budget != 24:
+        config = config.model_copy(update={"budget": budget})
+    spec = _machine(config.machine)
+    quiet = as_json
+    if not quiet:
+        console.print(f"run [bold]{run_id}[/]: {config.task} on {config.machine} at {config.shape}, budget "
+                      f"{config.budget}, seed {config.seed}, archive {archive_path}")
+    stopped = False
+    try:
+        summary = run_cli.execute(store, run_id, config, spec, console, quiet)
+        store.set_status(run_id, "done")
+    except KeyboardInterrupt:
+        stopped = True
+        summary = run_cli.interrupted_summary(store, run_id)
+    result = run_cli.summary_dict(summary, store)
+    if as_json:
+        print(__import__("json").dumps(result))
+    else:
+        run_cli.print_summary(console, result, stopped)
+    store.close()
+    raise typer.Exit(130 if stopped else 0)
+
+
 def main() -> None:
     app()
 

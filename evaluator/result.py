@@ -22,7 +22,7 @@ class EvalStatus(str, Enum):
 
 
 class EvalResult(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", ser_json_inf_nan="constants")  # failed time is inf
 
     status: EvalStatus
     message: str = Field(description="what failed, where, with numbers; empty when ok")

@@ -1,0 +1,61 @@
+"""The builtin backend: no LLM. The strategist mutates and crosses structured knobs, the
+coder renders the family's parametric template, the fixer shrinks tiles or buffers that
+broke a capacity rule. It searches for real; nothing here knows a good answer."""
+from __future__ import annotations
+
+import re
+
+import numpy as np
+
+from evaluator.result import EvalResult, EvalStatus
+from strategies.evolution import Elites, crossover, mutate, random_strategy
+from strategies.families import FAMILIES, families_for
+from strategies.strategy import Strategy
+
+CROSSOVER_RATE = 0.35
+
+
+class BuiltinBackend:
+    def __init__(self, mode: str = "strategy"):
+        if mode not in ("strategy", "mutation-only", "random"):
+            raise ValueError(f"mode must be strategy, mutation-only or random, got {mode!r}")
+        self.mode = mode
+        self.name = "builtin" if mode == "strategy" else f"builtin-{mode}"
+
+    def initial(self, task: str, size: int, rng: np.random.Generator) -> list[Strategy]:
+        families = families_for(task)
+        population = [f.strategy() for f in families]               # the published strategies
+        while len(population) < size:                                 # then spread over families
+            family = families[len(population) % len(families)]
+            population.append(random_strategy(family, rng))
+        return population
+
+    def propose(self, elites: Elites, rng: np.random.Generator) -> Strategy:
+        if self.mode == "random" or not elites.cells:
+            families = [FAMILIES[c[0]] for c in elites.cells] or list(FAMILIES.values())
+            return random_strategy(families[int(rng.integers(0, len(families)))], rng)
+        parent = elites.select(rng)
+        if self.mode == "strategy" and len(elites.cells) > 1 and rng.random() < CROSSOVER_RATE:
+            other = elites.select(rng)
+            if other.id != parent.id:
+                return crossover(parent, other, rng)
+        return mutate(parent, rng)
+
+    def implement(self, strategy: Strategy) -> str:
+        return FAMILIES[strategy.family].implement(strategy)
+
+    def repair(self, strategy: Strategy, result: EvalResult, rng: np.random.Generator) -> Strategy | None:
+        """Capacity failures: halve the biggest tile knob of the memory that overflowed, or drop a slot."""
+        if result.status is not EvalStatus.hw_violation or "capacity" not in result.message:
+            return None
+        family = FAMILIES[strategy.family]
+        knobs = dict(strategy.knobs)
+        memory = re.search(r"\b(L1|L0A|L0B|L0C|UB)\b", result.message)
+        order = {"L0A": ("BK", "BM"), "L0B": ("BK", "BN"), "L0C": ("BM", "BN"), "L1": ("BK1", "SLOTS", "BN", "BM"),
+                 "UB": ("DRAIN_ROWS", "SLOTS", "BN")}.get(memory.group(1) if memory else "", ("BM", "BN", "BK1"))
+        for name in order:
+            values = family.space.get(name)
+            if values and knobs.get(name) in values and values.index(knobs[name]) > 0:
+                knobs[name] = values[values.index(knobs[name]) - 1]
+                return family.strategy(knobs, parents=(strategy.id,), origin="repair")
+        return None

@@ -1,0 +1,99 @@
+"""`cubepilot run`: start or resume an evolution run, with a progress bar and a summary."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from agents.builtin import BuiltinBackend
+from agents.loop import RunSummary, evolve, summarize
+from evaluator.cascade import EvalCache, EvalConfig, evaluate
+from evaluator.tasks import get_task
+from strategies.archive import Archive, RunConfig
+
+DEFAULT_ARCHIVE = Path(".cubepilot") / "archive.sqlite"
+
+
+def start_or_resume(archive_path: Path, config: RunConfig | None, resume: str | None) -> tuple[Archive, str, RunConfig]:
+    archive = Archive(archive_path)
+    if resume:
+        config = archive.run_config(resume)          # KeyError with the recent runs if unknown
+        archive.set_status(resume, "running")
+        return archive, resume, config
+    return archive, archive.new_run(config), config
+
+
+def execute(archive: Archive, run_id: str, config: RunConfig, machine, console: Console, quiet: bool) -> RunSummary:
+    task = get_task(config.task)
+    shape = task.parse_shape(config.shape)
+    cache = EvalCache(archive.path.parent / "cache")
+    backend = BuiltinBackend(config.mode)
+
+    def run_one(source: str, seq: int):
+        return evaluate(source, task, machine, shape, EvalConfig(seed=config.seed * 100_003 + seq), cache)
+
+    done = len(archive.evaluations(run_id))
+    columns = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+               TextColumn("best {task.fields[best]}"), TextColumn("failures {task.fields[failures]}"),
+               TimeElapsedColumn()]
+    with Progress(*columns, console=console, disable=quiet, transient=False) as bar:
+        tid = bar.add_task(f"{config.task} / {config.machine}", total=config.budget, completed=done,
+                           best="-", failures=0)
+
+        def progress(seq, strategy, result, elites, failures):
+            best = elites.best()
+            text = f"{best[1].tflops:.1f} TFLOP/s ({best[1].pct_of_roofline:.0f}% of roofline)" if best else "-"
+            bar.update(tid, completed=seq + 1, best=text, failures=failures)
+
+        return evolve(archive, run_id, config, backend, run_one, progress)
+
+
+def summary_dict(s: RunSummary, archive: Archive) -> dict:
+    best, base = s.best, s.baseline
+    out = {"run_id": s.run_id, "archive": str(archive.path), "evaluations": s.evaluations, "failures": s.failures,
+           "completed": s.completed, "best_tflops": None, "best_pct_of_roofline": None, "best_strategy": None,
+           "baseline_tflops": None, "baseline_strategy": None, "speedup_vs_baseline": None}
+    if best:
+        out.update(best_tflops=round(best[1].tflops, 3), best_pct_of_roofline=round(best[1].pct_of_roofline, 2),
+                   best_pct_of_peak=round(best[1].pct_of_peak, 2), best_strategy=best[0].id,
+                   best_kernel=best[1].source_hash, best_plan=best[0].plan)
+    if base:
+        out.update(baseline_tflops=round(base[1].tflops, 3), baseline_strategy=base[0].id,
+                   baseline_family=base[0].family)
+    if best and base:
+        out["speedup_vs_baseline"] = round(base[1].time_ns / best[1].time_ns, 3)
+    return out
+
+
+def print_summary(console: Console, d: dict, stopped: bool) -> None:
+    if stopped:
+        console.print(f"[yellow]Stopped[/] after {d['evaluations']} evaluations; nothing is lost. Resume with:\n"
+                      f"  cubepilot run --resume {d['run_id']}" + _archive_flag(d))
+    if d["best_tflops"] is None:
+        console.print(f"No correct kernel yet ({d['failures']} failures). Run id {d['run_id']}.")
+        return
+    speed = f"{d['speedup_vs_baseline']:.2f}x the best library strategy ({d['baseline_family']}, " \
+            f"{d['baseline_tflops']:.1f} TFLOP/s)" if d["speedup_vs_baseline"] else "no library baseline passed"
+    console.print(f"[bold green]Best kernel[/]: {d['best_tflops']:.1f} TFLOP/s = {d['best_pct_of_roofline']:.1f}% of "
+                  f"the roofline limit, {speed}.\n  strategy {d['best_strategy']}: {d['best_plan']}\n"
+                  f"  {d['evaluations']} evaluations, {d['failures']} failures; run {d['run_id']} in {d['archive']}\n"
+                  f"  look at it: cubepilot archive show {d['run_id']}" + _archive_flag(d), highlight=False)
+
+
+def _archive_flag(d: dict) -> str:
+    return "" if Path(d["archive"]) == DEFAULT_ARCHIVE else f" --archive {d['archive']}"
+
+
+def report_json(summary: RunSummary, archive: Archive) -> str:
+    return json.dumps(summary_dict(summary, archive))
+
+
+def interrupted_summary(archive: Archive, run_id: str) -> RunSummary:
+    archive.set_status(run_id, "stopped")
+    return summarize(archive, run_id)
+
+
+__all__ = ["DEFAULT_ARCHIVE", "execute", "start_or_resume", "summary_dict", "print_summary", "typer"]

@@ -1,0 +1,130 @@
+"""The archive: one SQLite file (WAL) holding runs, strategies, kernels, evaluations and
+lineage. Every evaluation is committed as it finishes, so a killed run loses at most the
+one in flight and `cubepilot run --resume` continues from what is recorded."""
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict
+
+from evaluator.result import EvalResult
+from strategies.strategy import Strategy
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS runs (
+    id TEXT PRIMARY KEY, created REAL, task TEXT, machine TEXT, shape TEXT, seed INTEGER,
+    backend TEXT, config TEXT, status TEXT);
+CREATE TABLE IF NOT EXISTS strategies (
+    id TEXT, run_id TEXT, family TEXT, origin TEXT, body TEXT, PRIMARY KEY (id, run_id));
+CREATE TABLE IF NOT EXISTS kernels (hash TEXT PRIMARY KEY, source TEXT);
+CREATE TABLE IF NOT EXISTS evaluations (
+    run_id TEXT, seq INTEGER, attempt INTEGER, strategy_id TEXT, kernel_hash TEXT, status TEXT,
+    time_ns REAL, tflops REAL, pct_roofline REAL, error REAL, result TEXT, created REAL,
+    PRIMARY KEY (run_id, seq, attempt));
+CREATE TABLE IF NOT EXISTS lineage (run_id TEXT, child TEXT, parent TEXT, PRIMARY KEY (run_id, child, parent));
+"""
+
+
+class RunConfig(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    task: str
+    machine: str
+    shape: str
+    budget: int
+    seed: int
+    backend: str = "builtin"
+    mode: str = "strategy"          # strategy (default), random, mutation-only: for ablations
+
+
+@dataclass(frozen=True)
+class EvalRow:
+    seq: int
+    attempt: int
+    strategy: Strategy
+    kernel_hash: str
+    result: EvalResult
+
+
+class Archive:
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.db = sqlite3.connect(self.path, timeout=30)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=NORMAL")
+        self.db.executescript(SCHEMA)
+        self.db.commit()
+
+    def close(self) -> None:
+        self.db.close()
+
+    # ---------------------------------------------------------------- runs
+    def new_run(self, config: RunConfig) -> str:
+        run_id = time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
+        with self.db:
+            self.db.execute("INSERT INTO runs VALUES (?,?,?,?,?,?,?,?,?)",
+                            (run_id, time.time(), config.task, config.machine, config.shape, config.seed,
+                             config.backend, config.model_dump_json(), "running"))
+        return run_id
+
+    def run_config(self, run_id: str) -> RunConfig:
+        row = self.db.execute("SELECT config FROM runs WHERE id = ?", (run_id,)).fetchone()
+        if row is None:
+            known = [r[0] for r in self.db.execute("SELECT id FROM runs ORDER BY created DESC LIMIT 5")]
+            raise KeyError(f"no run {run_id!r} in {self.path}; recent runs: {', '.join(known) or 'none'}")
+        return RunConfig.model_validate_json(row[0])
+
+    def set_status(self, run_id: str, status: str) -> None:
+        with self.db:
+            self.db.execute("UPDATE runs SET status = ? WHERE id = ?", (status, run_id))
+
+    def runs(self) -> list[dict]:
+        cur = self.db.execute("""SELECT r.id, r.created, r.task, r.machine, r.shape, r.backend, r.status,
+                                 COUNT(e.seq), MAX(CASE WHEN e.status = 'ok' THEN e.tflops END)
+                                 FROM runs r LEFT JOIN evaluations e ON e.run_id = r.id
+                                 GROUP BY r.id ORDER BY r.created DESC""")
+        cols = ("id", "created", "task", "machine", "shape", "backend", "status", "evaluations", "best_tflops")
+        return [dict(zip(cols, row)) for row in cur]
+
+    # ---------------------------------------------------------------- evaluations
+    def record(self, run_id: str, seq: int, attempt: int, strategy: Strategy, source: str,
+               result: EvalResult) -> None:
+        """One evaluation, its strategy, kernel and lineage, in one transaction."""
+        err = max(result.errors.values()) if result.errors else None
+        with self.db:
+            self.db.execute("INSERT OR IGNORE INTO strategies VALUES (?,?,?,?,?)",
+                            (strategy.id, run_id, strategy.family, strategy.origin, strategy.model_dump_json()))
+            self.db.execute("INSERT OR IGNORE INTO kernels VALUES (?,?)", (result.source_hash, source))
+            self.db.executemany("INSERT OR IGNORE INTO lineage VALUES (?,?,?)",
+                                [(run_id, strategy.id, p) for p in strategy.parents])
+            self.db.execute("INSERT OR REPLACE INTO evaluations VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+                            (run_id, seq, attempt, strategy.id, result.source_hash, result.status.value,
+                             None if result.time_ns == float("inf") else result.time_ns, result.tflops,
+                             result.pct_of_roofline, err, result.model_dump_json(), time.time()))
+
+    def evaluations(self, run_id: str) -> list[EvalRow]:
+        cur = self.db.execute("""SELECT e.seq, e.attempt, s.body, e.kernel_hash, e.result FROM evaluations e
+                                 JOIN strategies s ON s.id = e.strategy_id AND s.run_id = e.run_id
+                                 WHERE e.run_id = ? ORDER BY e.seq, e.attempt""", (run_id,))
+        return [EvalRow(seq, attempt, Strategy.model_validate_json(body), h, EvalResult.model_validate_json(res))
+                for seq, attempt, body, h, res in cur]
+
+    def source(self, kernel_hash: str) -> str:
+        row = self.db.execute("SELECT source FROM kernels WHERE hash = ?", (kernel_hash,)).fetchone()
+        if row is None:
+            raise KeyError(f"no kernel {kernel_hash!r} in {self.path}")
+        return row[0]
+
+    def lineage(self, run_id: str, strategy_id: str) -> list[str]:
+        return [r[0] for r in self.db.execute("SELECT parent FROM lineage WHERE run_id = ? AND child = ?",
+                                              (run_id, strategy_id))]
+
+
+def dump(obj) -> str:
+    return json.dumps(obj, indent=2, default=str)

@@ -1,0 +1,82 @@
+"""Technique families: each is a library kernel, the task it solves, its knob space, and
+how knobs map to technique tags and a plan in words. The builtin strategist searches
+these spaces; the MAP-Elites archive uses the tags as cells."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from hwmodel.loader import knob_names
+from strategies.library import kernel_path
+from strategies.render import render
+from strategies.strategy import Strategy
+
+_BUFFERING = {1: "single", 2: "double", 3: "triple"}
+
+
+@dataclass(frozen=True)
+class Family:
+    name: str                                   # library module
+    task: str
+    summary: str                                # the published recipe, one line
+    space: dict[str, tuple[Any, ...]]           # knob -> allowed values
+    tags: Callable[[dict[str, Any]], dict[str, str]] = field(default=lambda knobs: {})
+
+    @property
+    def source(self) -> str:
+        return kernel_path(self.name).read_text()
+
+    def defaults(self) -> dict[str, Any]:
+        names = knob_names(self.source)
+        return {k: names[k] for k in self.space}
+
+    def strategy(self, knobs: dict[str, Any] | None = None, parents: tuple[str, ...] = (), origin="library") -> Strategy:
+        knobs = {**self.defaults(), **(knobs or {})}
+        tags = {"family": self.name, **self.tags(knobs)}
+        detail = ", ".join(f"{k} {v}" for k, v in tags.items() if k != "family")
+        return Strategy(family=self.name, task=self.task, plan=f"{self.summary} ({detail})", tags=tags,
+                        knobs=knobs, parents=parents, origin=origin)
+
+    def implement(self, strategy: Strategy) -> str:
+        return render(self.source, strategy.knobs)
+
+
+def _gemm_tags(knobs: dict[str, Any]) -> dict[str, str]:
+    tags = {"tiling": f"{knobs.get('BM')}x{knobs.get('BN')}",
+            "buffering": _BUFFERING.get(knobs.get("SLOTS", 1), f"{knobs.get('SLOTS')}-deep"),
+            "core mapping": "row-major" if knobs.get("GROUP", 1) == 1 else f"swizzle {knobs['GROUP']}"}
+    if "BK1" in knobs:
+        tags["k chunking"] = f"L1 {knobs['BK1']} / L0 {knobs['BK']}"
+    if "CHUNK" in knobs:
+        tags["accumulation"] = "whole K on the cube" if not knobs["CHUNK"] else f"FP32 sums of {knobs['CHUNK']}-K chunks"
+    return tags
+
+
+TILE = (64, 128, 256)
+FAMILIES: dict[str, Family] = {f.name: f for f in (
+    Family("sgemm_cube", "sgemm", "SGEMM-cube: pre-split A and B into fp16 hi/lo in GM, three cube terms, "
+           "two FP32 accumulators", {"BM": TILE, "BN": TILE, "BK1": (128, 256, 512), "BK": (32, 64, 128),
+                                     "SLOTS": (1, 2, 3), "GROUP": (1, 2, 4, 8), "DRAIN_ROWS": (16, 32)},
+           lambda k: {"split": "pre-split in GM", **_gemm_tags(k)}),
+    Family("sgemm_termwise", "sgemm", "Termwise (Ootomo) split GEMM: cube terms per K chunk, summed in FP32 "
+           "on the vector unit", {"BM": TILE, "BN": TILE, "BK1": (128, 256), "BK": (32, 64), "CHUNK": (0, 256, 1024),
+                                  "SLOTS": (1, 2), "ACC_SLOTS": (1, 2), "GROUP": (1, 2, 4, 8)},
+           lambda k: {"split": "pre-split in GM", **_gemm_tags(k)}),
+    Family("sgemm_vector", "sgemm", "Naive FP32 GEMM on the vector unit: rank-1 updates",
+           {"BM": (32, 64, 128), "BN": (128, 256, 512), "SLOTS": (1, 2)},
+           lambda k: {"split": "none (vector FP32)", **_gemm_tags(k)}),
+    Family("hgemm_cube", "hgemm", "Native FP16 cube GEMM with L1 panels and L0 steps",
+           {"BM": TILE, "BN": TILE, "BK1": (64, 128, 256, 512), "BK": (32, 64, 128), "SLOTS": (1, 2, 3),
+            "GROUP": (1, 2, 4, 8), "DRAIN_ROWS": (16, 32, 64)}, _gemm_tags),
+    Family("qgemm_int8", "qgemm", "INT8 direct: per-row/per-column absmax scales, INT8 cube, dequantize",
+           {"BM": TILE, "BN": TILE, "SLOTS": (1, 2), "GROUP": (1, 2, 4, 8)},
+           lambda k: {"quantization": "int8 per-row/col", "residual": "none", **_gemm_tags(k)}),
+)}
+
+
+def families_for(task: str) -> list[Family]:
+    found = [f for f in FAMILIES.values() if f.task == task and kernel_path(f.name).exists()]
+    if not found:
+        raise KeyError(f"no strategy family solves task {task!r}; families: "
+                       + ", ".join(f"{f.name} ({f.task})" for f in FAMILIES.values()))
+    return found

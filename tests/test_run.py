@@ -1,0 +1,83 @@
+"""`cubepilot run` end to end, as a user runs it: a real subprocess, a real SQLite archive,
+a real sandbox per evaluation; killed with SIGKILL mid-run and resumed."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.integration
+
+CLI = [sys.executable, "-c", "from agents.cli import main; main()"]
+SHAPE = ["--shape", "256x256x256"]
+
+
+def cubepilot(*args: str, cwd: Path, **kw) -> subprocess.CompletedProcess:
+    return subprocess.run([*CLI, *args], cwd=cwd, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])}, **kw)
+
+
+def evaluations(archive: Path, run_id: str) -> list[tuple]:
+    with sqlite3.connect(archive) as db:
+        return db.execute("SELECT seq, strategy_id, kernel_hash, status FROM evaluations WHERE run_id = ? "
+                          "ORDER BY seq", (run_id,)).fetchall()
+
+
+def test_run_json_summary_and_determinism(tmp_path):
+    runs = []
+    for _ in range(2):
+        out = cubepilot("run", "--budget", "10", "--seed", "5", "--json", *SHAPE, cwd=tmp_path)
+        assert out.returncode == 0, out.stderr
+        runs.append(json.loads(out.stdout))
+    first = runs[0]
+    for key in ("run_id", "best_tflops", "best_pct_of_roofline", "baseline_tflops", "speedup_vs_baseline",
+                "evaluations", "failures"):
+        assert key in first
+    assert first["evaluations"] == 10 and first["speedup_vs_baseline"] >= 1.0
+    archive = tmp_path / ".cubepilot" / "archive.sqlite"
+    a, b = (evaluations(archive, r["run_id"]) for r in runs)
+    assert [row[1:] for row in a] == [row[1:] for row in b]     # same seed, same run
+
+
+def test_resume_after_sigkill_loses_and_repeats_nothing(tmp_path):
+    archive = tmp_path / "runs.sqlite"
+    proc = subprocess.Popen([*CLI, "run", "--budget", "12", "--seed", "3", "--json", "--archive", str(archive), *SHAPE],
+                            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])})
+    deadline = time.time() + 300
+    run_id, done = None, []
+    while time.time() < deadline:
+        time.sleep(0.5)
+        if archive.exists():
+            with sqlite3.connect(archive) as db:
+                row = db.execute("SELECT id FROM runs").fetchone()
+            if row:
+                run_id = row[0]
+                done = evaluations(archive, run_id)
+                if len(done) >= 4:
+                    break
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert run_id and 4 <= len(done) < 12
+    before = evaluations(archive, run_id)
+    out = cubepilot("run", "--resume", run_id, "--archive", str(archive), "--json", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    after = evaluations(archive, run_id)
+    assert after[:len(before)] == before                          # nothing recorded was redone or lost
+    assert [row[0] for row in after] == list(range(12))           # every step exactly once
+    reference = cubepilot("run", "--budget", "12", "--seed", "3", "--json", "--archive", str(tmp_path / "b.sqlite"),
+                          *SHAPE, cwd=tmp_path)
+    ref_rows = evaluations(tmp_path / "b.sqlite", json.loads(reference.stdout)["run_id"])
+    assert [r[1:3] for r in after] == [r[1:3] for r in ref_rows]  # as if never interrupted
+
+
+def test_unknown_resume_id_is_a_clear_error(tmp_path):
+    out = cubepilot("run", "--resume", "nope", "--archive", str(tmp_path / "x.sqlite"), cwd=tmp_path)
+    assert out.returncode == 2 and "no run 'nope'" in out.stderr
