@@ -23,6 +23,12 @@ app.add_typer(machines_app, name="machines")
 console = Console()
 
 
+def _register_archive() -> None:
+    from agents.archive_cli import archive_app, strategies_command
+    app.add_typer(archive_app, name="archive")
+    app.command("strategies")(strategies_command)
+
+
 def fail(message: str) -> None:
     """Print an actionable error and exit with status 2."""
     Console(stderr=True).print(f"[bold red]error:[/] {message}", highlight=False)
@@ -216,6 +222,9 @@ def run(
         run_cli.print_summary(console, result, stopped)
     store.close()
     raise typer.Exit(130 if stopped else 0)
+
+
+_register_archive()
 
 
 def main() -> None:
