@@ -41,7 +41,7 @@ def test_redteam_kernel_is_rejected(path: Path):
     assert result.time_ns == float("inf")
 
 
-LIBRARY = [("sgemm_cube", "sgemm"), ("hgemm_cube", "hgemm"), ("sgemm_vector", "sgemm")]
+LIBRARY = [("sgemm_cube", "sgemm"), ("hgemm_cube", "hgemm"), ("sgemm_vector", "sgemm"), ("sgemm_termwise", "sgemm")]
 
 
 @pytest.mark.parametrize("name,task", LIBRARY)
@@ -61,3 +61,13 @@ def test_sandbox_survives_and_parent_stays_healthy():
         assert not evaluate(source, task, machine, (256, 256, 256), EvalConfig(limits=LIMITS)).ok
     good = evaluate(kernel_path("hgemm_cube").read_text(), task, machine, (256, 256, 256))
     assert good.ok, good.message
+
+
+def test_qgemm_budget_separates_int8_from_fp16():
+    """The qgemm task is built so that plain INT8 fails on LLM-like inputs and plain FP16 passes."""
+    machine, task = load_machine("ascend-910a"), get_task("qgemm")
+    int8 = evaluate(kernel_path("qgemm_int8").read_text(), task, machine, (512, 512, 512), EvalConfig(seed=2))
+    assert int8.status.value == "wrong" and int8.errors["llm"] > 5 * 2e-3
+    fp16 = (Path(__file__).parent / "redteam" / "fp16_downgrade.py").read_text()
+    ok = evaluate(fp16, task, machine, (512, 512, 512), EvalConfig(seed=2))
+    assert ok.ok, ok.message
