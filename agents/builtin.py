@@ -8,6 +8,12 @@ import re
 import numpy as np
 
 from evaluator.result import EvalResult, EvalStatus
+from evaluator.tasks import get_task
+from hwmodel.dsl import record_trace
+from hwmodel.errors import HwError
+from hwmodel.loader import load_kernel_source
+from hwmodel.simulate import declare
+from hwmodel.spec import MachineSpec
 from strategies.evolution import Elites, crossover, mutate, random_strategy
 from strategies.families import FAMILIES, families_for
 from strategies.strategy import Strategy
@@ -15,22 +21,52 @@ from strategies.strategy import Strategy
 CROSSOVER_RATE = 0.35
 
 
+MAX_PROPOSALS = 25
+
+
 class BuiltinBackend:
-    def __init__(self, mode: str = "strategy"):
+    """`machine` given: proposals whose kernel breaks a hardware rule at a small shape are
+    redrawn before they cost an evaluation (the templates are trusted library code, so they
+    can be dry-run here; a check a person would make before submitting)."""
+
+    def __init__(self, mode: str = "strategy", machine: MachineSpec | None = None):
         if mode not in ("strategy", "mutation-only", "random"):
             raise ValueError(f"mode must be strategy, mutation-only or random, got {mode!r}")
         self.mode = mode
+        self.machine = machine
         self.name = "builtin" if mode == "strategy" else f"builtin-{mode}"
+
+    def feasible(self, strategy: Strategy) -> bool:
+        if self.machine is None:
+            return True
+        task = get_task(strategy.task)
+        try:
+            fn = load_kernel_source(self.implement(strategy))
+            record_trace(fn, self.machine, declare(task.args(task.small_shapes[0])))
+        except HwError:
+            return False
+        return True
 
     def initial(self, task: str, size: int, rng: np.random.Generator) -> list[Strategy]:
         families = families_for(task)
         population = [f.strategy() for f in families]               # the published strategies
         while len(population) < size:                                 # then spread over families
             family = families[len(population) % len(families)]
-            population.append(random_strategy(family, rng))
+            for _ in range(MAX_PROPOSALS):
+                candidate = random_strategy(family, rng)
+                if self.feasible(candidate):
+                    break
+            population.append(candidate)
         return population
 
     def propose(self, elites: Elites, rng: np.random.Generator) -> Strategy:
+        for _ in range(MAX_PROPOSALS):
+            strategy = self._draw(elites, rng)
+            if self.feasible(strategy):
+                break
+        return strategy
+
+    def _draw(self, elites: Elites, rng: np.random.Generator) -> Strategy:
         if self.mode == "random" or not elites.cells:
             families = [FAMILIES[c[0]] for c in elites.cells] or list(FAMILIES.values())
             return random_strategy(families[int(rng.integers(0, len(families)))], rng)

@@ -31,9 +31,12 @@ def knob_names(source: str) -> dict[str, Any]:
 
 
 def load_kernel(path: str | Path, **knobs: Any) -> KernelFn:
-    source = Path(path).read_text()
+    return load_kernel_source(Path(path).read_text(), str(path), **knobs)
+
+
+def load_kernel_source(source: str, path: str = "kernel.py", **knobs: Any) -> KernelFn:
     namespace: dict[str, Any] = {"__name__": f"kernel:{Path(path).stem}"}
-    exec(compile(source, str(path), "exec"), namespace)
+    exec(compile(source, path, "exec"), namespace)
     unknown = set(knobs) - set(knob_names(source))
     if unknown:
         raise HwError(f"{path}: no knob(s) {sorted(unknown)}; it has {sorted(knob_names(source))}")
