@@ -183,11 +183,14 @@ class _Cascade:
             return self.fail(EvalStatus.wrong, "benchmark", f"{missing:,} output elements are never written at the "
                              f"benchmark shape {task.format_shape(self.shape)} (first at index "
                              f"{_first(~all_written[out_id])})", **extra)
-        active = [c for c, ops in enumerate(trace.ops) if ops]
-        cores = rng.choice(active, min(cfg.sample_cores, len(active)), replace=False).tolist()
+        writers = [c for c in range(len(trace.ops)) if coverage(trace, {c})[out_id].any()]
+        cores = rng.choice(writers, min(cfg.sample_cores, len(writers)), replace=False).tolist()
         inputs = task.inputs(self.shape, task.distributions[0], rng)
         outputs, _, _ = replay(trace, machine, inputs, sample_cores=cores)
         coords = task.sample_coords(coverage(trace, set(cores))[out_id], rng, cfg.sample_elements)
+        if len(coords[0]) == 0:
+            return self.fail(EvalStatus.wrong, "benchmark", f"cores {cores} wrote no output element at the "
+                             "benchmark shape, so nothing could be checked", **extra)
         got = outputs[task.output_name][coords]
         ref = task.reference(inputs, coords)
         err = rel_fro(got, ref)

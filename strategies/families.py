@@ -52,6 +52,32 @@ def _gemm_tags(knobs: dict[str, Any]) -> dict[str, str]:
     return tags
 
 
+def _attention_tags(knobs: dict[str, Any]) -> dict[str, str]:
+    return {"softmax form": "online (flash)", "tiling": f"{knobs.get('BQ', 'auto')}x{knobs.get('BKV', 'auto')}",
+            "buffering": _BUFFERING.get(knobs.get("SLOTS", 1), f"{knobs.get('SLOTS')}-deep"),
+            "core mapping": "round-robin items"}
+
+
+def _attention(name: str, task: str, summary: str, space: dict, extra: dict[str, str]) -> Family:
+    return Family(name, task, summary, space, lambda k: {**_attention_tags(k), **extra})
+
+
+_FLASH_SPACE = {"BQ": (32, 64, 128), "BKV": (128, 256, 512), "D_STEP": (32, 64), "KV_STEP": (32, 64, 128),
+                "SLOTS": (1, 2, 3)}
+_LUT_SPACE = {**_FLASH_SPACE, "LUT_SEGMENTS": (32, 48, 63)}
+_XY_SPACE = {"SLOTS": (1, 2), "MAX_BQ": (64, 128, 256), "MAX_BKV": (256, 512)}
+_ATTENTION = [
+    (f"{base}{suffix}", task, summary, space, extra)
+    for suffix, task in (("", "attention"), ("_causal", "attention-causal"))
+    for base, summary, space, extra in (
+        ("attention_flash", "Flash attention: online softmax, cube for QK^T and PV, vector for exp/max/sum",
+         _FLASH_SPACE, {"exp": "exact"}),
+        ("attention_xyserve", "XY-Serve meta-kernel: tiles chosen from the machine's capacities, virtual padding",
+         _XY_SPACE, {"exp": "exact", "tile choice": "architecture-aware"}),
+        ("attention_lut", "Flash attention with a GQA-LUT piecewise-linear exp (error counted against the budget)",
+         _LUT_SPACE, {"exp": "piecewise-linear LUT"}))]
+
+
 TILE = (64, 128, 256)
 FAMILIES: dict[str, Family] = {f.name: f for f in (
     Family("sgemm_cube", "sgemm", "SGEMM-cube: pre-split A and B into fp16 hi/lo in GM, three cube terms, "
@@ -71,6 +97,7 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
     Family("qgemm_int8", "qgemm", "INT8 direct: per-row/per-column absmax scales, INT8 cube, dequantize",
            {"BM": TILE, "BN": TILE, "SLOTS": (1, 2), "GROUP": (1, 2, 4, 8)},
            lambda k: {"quantization": "int8 per-row/col", "residual": "none", **_gemm_tags(k)}),
+    *(_attention(*spec) for spec in _ATTENTION),
 )}
 
 
