@@ -42,7 +42,8 @@ class BuiltinBackend:
         task = get_task(strategy.task)
         try:
             fn = load_kernel_source(self.implement(strategy))
-            record_trace(fn, self.machine, declare(task.args(task.small_shapes[0])))
+            for shape in task.small_shapes:     # the benchmark shape is too big to dry-run every time
+                record_trace(fn, self.machine, declare(task.args(shape)))
         except HwError:
             return False
         return True
@@ -87,8 +88,10 @@ class BuiltinBackend:
         family = FAMILIES[strategy.family]
         knobs = dict(strategy.knobs)
         memory = re.search(r"\b(L1|L0A|L0B|L0C|UB)\b", result.message)
-        order = {"L0A": ("BK", "BM"), "L0B": ("BK", "BN"), "L0C": ("BM", "BN"), "L1": ("BK1", "SLOTS", "BN", "BM"),
-                 "UB": ("DRAIN_ROWS", "SLOTS", "BN")}.get(memory.group(1) if memory else "", ("BM", "BN", "BK1"))
+        order = {"L0A": ("BK", "BM", "KV_STEP", "BQ", "SLOTS"), "L0B": ("BK", "BN", "KV_STEP", "D_STEP", "SLOTS"),
+                 "L0C": ("BM", "BN", "BQ", "BKV"), "L1": ("BK1", "SLOTS", "BN", "BM", "BKV"),
+                 "UB": ("DRAIN_ROWS", "SLOTS", "BN", "BKV", "BQ")}.get(memory.group(1) if memory else "",
+                                                                     ("BM", "BN", "BK1", "BQ", "BKV"))
         for name in order:
             values = family.space.get(name)
             if values and knobs.get(name) in values and values.index(knobs[name]) > 0:
