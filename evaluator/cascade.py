@@ -183,7 +183,9 @@ class _Cascade:
             return self.fail(EvalStatus.wrong, "benchmark", f"{missing:,} output elements are never written at the "
                              f"benchmark shape {task.format_shape(self.shape)} (first at index "
                              f"{_first(~all_written[out_id])})", **extra)
-        writers = [c for c in range(len(trace.ops)) if coverage(trace, {c})[out_id].any()]
+        writes_out = {id(op) for op in trace.distinct_ops()
+                      if op.kind == "copy" and op.dst[0].space == "GM" and op.dst[0].base == out_id}
+        writers = [c for c, ops in enumerate(trace.ops) if any(id(op) in writes_out for op in ops)]
         cores = rng.choice(writers, min(cfg.sample_cores, len(writers)), replace=False).tolist()
         inputs = task.inputs(self.shape, task.distributions[0], rng)
         outputs, _, _ = replay(trace, machine, inputs, sample_cores=cores)

@@ -24,20 +24,27 @@ def _index(v: View) -> tuple:
 
 
 class _Memory:
-    """The arrays of one replay: GM tensors by id, and each core's buffers by id."""
+    """The arrays of one replay: GM tensors by id, and each core's buffers by id (allocated on
+    first touch: a sampled replay runs most cores only through their first phases)."""
 
     def __init__(self, gm: dict[int, np.ndarray]):
         self.gm = gm
         self.cores: dict[int, dict[int, np.ndarray]] = {}
         self.local: dict[int, np.ndarray] = {}
+        self.decls: dict[int, object] = {}
 
     def select_core(self, core: int, buffers) -> None:
-        if core not in self.cores:
-            self.cores[core] = {d.id: _uninitialised((d.count, *d.shape), d.dtype) for d in buffers}
-        self.local = self.cores[core]
+        self.local = self.cores.setdefault(core, {})
+        self.decls = {d.id: d for d in buffers}
 
     def _base(self, v: View) -> np.ndarray:
-        return self.gm[v.base] if v.space == "GM" else self.local[v.base][v.slot]
+        if v.space == "GM":
+            return self.gm[v.base]
+        arr = self.local.get(v.base)
+        if arr is None:
+            d = self.decls[v.base]
+            arr = self.local[v.base] = _uninitialised((d.count, *d.shape), d.dtype)
+        return arr[v.slot]
 
     def read(self, v: View) -> np.ndarray:
         return self._base(v)[_index(v)].reshape(v.shape)

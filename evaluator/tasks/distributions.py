@@ -11,12 +11,17 @@ import numpy as np
 DISTRIBUTIONS = ("uniform", "normal", "wide", "llm")
 
 
-def draw(dist: str, shape: tuple[int, ...], rng: np.random.Generator, role: str = "activation") -> np.ndarray:
-    """float64 samples of `dist`; role 'activation' (outlier columns) or 'weight' (none)."""
+def draw(dist: str, shape: tuple[int, ...], rng: np.random.Generator, role: str = "activation",
+         single: bool = False) -> np.ndarray:
+    """Samples of `dist` (float64, or float32 drawn directly when `single` and the distribution
+    allows: half the work for big benchmark inputs); role 'activation' has outlier columns."""
     if dist == "uniform":
+        if single:
+            x = rng.random(shape, dtype=np.float32)
+            return np.subtract(np.multiply(x, 2, out=x), 1, out=x)
         return rng.uniform(-1.0, 1.0, shape)
     if dist == "normal":
-        return rng.standard_normal(shape)
+        return rng.standard_normal(shape, dtype=np.float32 if single else np.float64)
     if dist == "wide":
         sign = rng.choice([-1.0, 1.0], shape)
         return sign * np.exp2(rng.uniform(-8.0, 8.0, shape)) * rng.uniform(1.0, 2.0, shape)

@@ -30,8 +30,9 @@ class GemmTask(Task):
 
     def inputs(self, shape: Shape, dist: str, rng: np.random.Generator) -> dict[str, np.ndarray]:
         m, n, k = shape
-        a = draw(dist, (m, k), rng, "activation").astype(NUMPY[self.in_dtype])
-        b = draw(dist, (k, n), rng, "weight").astype(NUMPY[self.in_dtype])
+        single = self.in_dtype == "fp32"
+        a = draw(dist, (m, k), rng, "activation", single).astype(NUMPY[self.in_dtype], copy=False)
+        b = draw(dist, (k, n), rng, "weight", single).astype(NUMPY[self.in_dtype], copy=False)
         return {"a": a, "b": b}
 
     def sample_coords(self, mask, rng, n):
