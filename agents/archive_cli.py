@@ -117,10 +117,9 @@ def export(run_id: str, directory: Path, archive: Path = ARCHIVE_OPTION,
 def strategies_command(task: str = typer.Option(None, "--task", help="only this task's families")) -> None:
     """List the seed library: technique families, their task, recipe and knob space."""
     from strategies.families import FAMILIES
-    from strategies.library import kernel_path
 
     for f in FAMILIES.values():
-        if task and f.task != task or not kernel_path(f.name).exists():
+        if task and f.task != task or not f.path.exists():
             continue
         console.print(f"[bold]{f.name}[/] ({f.task}): {f.summary}", highlight=False)
         console.print("    knobs: " + "; ".join(f"{k} {list(v)}" for k, v in f.space.items()), highlight=False)

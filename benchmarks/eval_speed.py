@@ -8,20 +8,21 @@ cache hit < 10 ms. Figures are medians of the repeats, measured side by side.
 """
 from __future__ import annotations
 
-import argparse
-import json
 import statistics
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from evaluator.cascade import EvalCache, EvalConfig, evaluate  # noqa: E402
 from evaluator.sandbox import SandboxLimits, record_in_sandbox  # noqa: E402
 from evaluator.tasks import get_task  # noqa: E402
 from hwmodel.spec import load_machine  # noqa: E402
 from strategies.library import kernel_path  # noqa: E402
+
+import speed_report  # noqa: E402
 
 TARGETS = {"small_candidate_cascade_s": 0.5, "full_sgemm_4096_s": 5.0, "cache_hit_ms": 10.0}
 
@@ -54,25 +55,5 @@ def run(repeats: int) -> dict:
     }
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
-    parser.add_argument("--repeats", type=int, default=5, help="runs per figure; the median is reported")
-    args = parser.parse_args()
-    figures = run(args.repeats)
-    if args.json:
-        print(json.dumps(figures))
-        return
-    from rich.console import Console
-    from rich.table import Table
-    table = Table(title="Evaluation cascade speed (ascend-910a)")
-    for col in ("figure", "value", "target"):
-        table.add_column(col, justify="left" if col == "figure" else "right")
-    for name, value in figures.items():
-        target = TARGETS.get(name)
-        table.add_row(name, str(value), "" if target is None else f"<= {target} {'ok' if value <= target else 'MISS'}")
-    Console(width=100).print(table)
-
-
 if __name__ == "__main__":
-    main()
+    speed_report.main(__doc__, "Evaluation cascade speed (ascend-910a)", run, TARGETS, repeats=5)

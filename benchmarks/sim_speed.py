@@ -8,8 +8,6 @@ Each figure is the median of the repeats; all cases run side by side in one proc
 """
 from __future__ import annotations
 
-import argparse
-import json
 import statistics
 import sys
 import time
@@ -18,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from hwmodel.dsl import record_trace  # noqa: E402
 from hwmodel.loader import load_kernel  # noqa: E402
@@ -25,6 +24,8 @@ from hwmodel.simulate import TensorArg, declare, simulate  # noqa: E402
 from hwmodel.spec import load_machine  # noqa: E402
 from hwmodel.timing import simulate_timing  # noqa: E402
 from strategies.library import kernel_path  # noqa: E402
+
+import speed_report  # noqa: E402
 
 TARGETS = {"timing_only_4096_s": 2.0, "numeric_1024_s": 5.0}
 
@@ -66,26 +67,5 @@ def run(repeats: int) -> dict:
     return {k: (round(v, 3) if isinstance(v, float) else v) for k, v in figures.items()}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
-    parser.add_argument("--repeats", type=int, default=3, help="runs per figure; the median is reported")
-    args = parser.parse_args()
-    figures = run(args.repeats)
-    if args.json:
-        print(json.dumps(figures))
-        return
-    from rich.console import Console
-    from rich.table import Table
-    table = Table(title="Simulator speed (ascend-910a, SGEMM-cube double-buffered unless named)")
-    for col in ("figure", "value", "target"):
-        table.add_column(col, justify="left" if col == "figure" else "right")
-    for name, value in figures.items():
-        target = TARGETS.get(name)
-        verdict = "" if target is None else f"<= {target} {'ok' if value <= target else 'MISS'}"
-        table.add_row(name, str(value), verdict)
-    Console(width=120).print(table)
-
-
 if __name__ == "__main__":
-    main()
+    speed_report.main(__doc__, "Simulator speed (ascend-910a, SGEMM-cube double-buffered unless named)", run, TARGETS, repeats=3)

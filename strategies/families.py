@@ -21,10 +21,17 @@ class Family:
     summary: str                                # the published recipe, one line
     space: dict[str, tuple[Any, ...]]           # knob -> allowed values
     tags: Callable[[dict[str, Any]], dict[str, str]] = field(default=lambda knobs: {})
+    module: str = ""                            # library module, when it is not `name`
+    fixed: tuple[tuple[str, Any], ...] = ()     # knobs this family pins (e.g. CAUSAL = True)
+
+    @property
+    def path(self):
+        return kernel_path(self.module or self.name)
 
     @property
     def source(self) -> str:
-        return kernel_path(self.name).read_text()
+        """The family's reference kernel: the library module with the fixed knobs set."""
+        return render(self.path.read_text(), dict(self.fixed))
 
     def defaults(self) -> dict[str, Any]:
         names = knob_names(self.source)
@@ -59,7 +66,9 @@ def _attention_tags(knobs: dict[str, Any]) -> dict[str, str]:
 
 
 def _attention(name: str, task: str, summary: str, space: dict, extra: dict[str, str]) -> Family:
-    return Family(name, task, summary, space, lambda k: {**_attention_tags(k), **extra})
+    causal = name.endswith("_causal")
+    return Family(name, task, summary, space, lambda k: {**_attention_tags(k), **extra},
+                  module=name.removesuffix("_causal"), fixed=(("CAUSAL", True),) if causal else ())
 
 
 _FLASH_SPACE = {"BQ": (32, 64, 128), "BKV": (128, 256, 512), "D_STEP": (32, 64), "KV_STEP": (32, 64, 128),
@@ -102,7 +111,7 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
 
 
 def families_for(task: str) -> list[Family]:
-    found = [f for f in FAMILIES.values() if f.task == task and kernel_path(f.name).exists()]
+    found = [f for f in FAMILIES.values() if f.task == task and f.path.exists()]
     if not found:
         raise KeyError(f"no strategy family solves task {task!r}; families: "
                        + ", ".join(f"{f.name} ({f.task})" for f in FAMILIES.values()))
