@@ -7,7 +7,7 @@ BM, BN = 256, 256          # output tile per core step (L0C holds BM x BN fp32)
 BK1, BK = 128, 32          # K panel in L1, K step in L0
 SLOTS = 2                  # ring depth of every staging buffer (1 = single buffered)
 DRAIN_ROWS = 64            # rows of the accumulator moved to UB at a time
-GROUP = 1                  # tile-order swizzle: bands of GROUP tile-rows
+GROUP = 2                  # block swizzle (as in CANN's basic matmul): bands of GROUP tile-rows
 
 
 def ring(k, space, shape, name):

@@ -12,7 +12,7 @@ SLOTS = 2                  # ring depth of the staging buffers (1 = single buffe
 SHIFT = 11                 # lo is scaled by 2**SHIFT so it keeps its bits in fp16
 SPLIT_ROWS, SPLIT_COLS = 32, 256   # phase-1 chunk of fp32 split at a time
 DRAIN_ROWS = 16
-GROUP = 1                  # tile-order swizzle: bands of GROUP tile-rows
+GROUP = 2                  # block swizzle (as in CANN's basic matmul): bands of GROUP tile-rows
 
 
 def split_rows(k, src, hi, lo, stage, halves_hi, halves_lo, counter):
