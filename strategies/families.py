@@ -106,6 +106,10 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
     Family("qgemm_int8", "qgemm", "INT8 direct: per-row/per-column absmax scales, INT8 cube, dequantize",
            {"BM": TILE, "BN": TILE, "SLOTS": (1, 2), "GROUP": (1, 2, 4, 8)},
            lambda k: {"quantization": "int8 per-row/col", "residual": "none", **_gemm_tags(k)}),
+    Family("qgemm_fp16", "qgemm", "Plain FP16 cube GEMM: FP32 inputs rounded to fp16 in GM, fp32 accumulation",
+           {"BM": TILE, "BN": TILE, "BK1": (64, 128, 256), "BK": (32, 64), "SLOTS": (1, 2, 3),
+            "GROUP": (1, 2, 4, 8), "DRAIN_ROWS": (16, 32, 64)},
+           lambda k: {"quantization": "fp16 inputs", "residual": "none", **_gemm_tags(k)}),
     *(_attention(*spec) for spec in _ATTENTION),
 )}
 
