@@ -110,6 +110,13 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
            {"BM": TILE, "BN": TILE, "BK1": (64, 128, 256), "BK": (32, 64), "SLOTS": (1, 2, 3),
             "GROUP": (1, 2, 4, 8), "DRAIN_ROWS": (16, 32, 64)},
            lambda k: {"quantization": "fp16 inputs", "residual": "none", **_gemm_tags(k)}),
+    Family("qgemm_int8_dense", "qgemm", "INT8 direct + dense FP16 residual compensation: "
+           "[R_A | deq(Q(A))] @ [B ; R_B] on the fp16 cube added to the dequantized INT8 product",
+           {"BM": (64, 128), "BN": (64, 128), "BK1": (128, 256), "SLOTS": (1, 2), "GROUP": (1, 2, 4, 8),
+            "COMPENSATE_B": (True, False)},
+           lambda k: {"quantization": "int8 per-row/col",
+                      "residual": "dense fp16 (A and B)" if k["COMPENSATE_B"] else "dense fp16 (A only)",
+                      **_gemm_tags(k)}),
     *(_attention(*spec) for spec in _ATTENTION),
 )}
 
