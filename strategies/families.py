@@ -52,7 +52,7 @@ def _gemm_tags(knobs: dict[str, Any]) -> dict[str, str]:
     tags = {"tiling": f"{knobs.get('BM')}x{knobs.get('BN')}",
             "buffering": _BUFFERING.get(knobs.get("SLOTS", 1), f"{knobs.get('SLOTS')}-deep"),
             "core mapping": "row-major" if knobs.get("GROUP", 1) == 1 else f"swizzle {knobs['GROUP']}"}
-    if "BK1" in knobs:
+    if "BK1" in knobs and "BK" in knobs:
         tags["k chunking"] = f"L1 {knobs['BK1']} / L0 {knobs['BK']}"
     if "CHUNK" in knobs:
         tags["accumulation"] = "whole K on the cube" if not knobs["CHUNK"] else f"FP32 sums of {knobs['CHUNK']}-K chunks"
