@@ -213,6 +213,22 @@ class Kernel:
     def fill(self, dst: View, value: float) -> None:
         self._emit("fill", (dst,), (), (float(value),))
 
+    def random(self, dst: View, seed: int, origin: Sequence[int] | None = None,
+               tensor_shape: Sequence[int] | None = None) -> None:
+        """Deterministic pseudo-random values in [-1, 1): element g of a logical tensor of
+        `tensor_shape` gets hash(seed, flat index of g). dst covers the block at `origin`, so
+        filling a tensor tile by tile gives the same numbers however it is tiled. Defaults:
+        the view's own offset within its buffer, and the buffer's shape."""
+        if not isinstance(seed, int) or not 0 <= seed < 2**32:
+            raise HwError(f"random: seed must be an int in 0..2**32-1, got {seed!r}")
+        if not isinstance(dst, View):
+            raise HwError(f"random: the destination must be a buffer view, got {type(dst).__name__}")
+        if tensor_shape is None:
+            on_chip = dst.space in self._machine.memories and dst.base < len(self._buffers)
+            tensor_shape = self._buffers[dst.base].shape if on_chip else dst.extent
+        origin = dst.offset if origin is None else origin
+        self._emit("random", (dst,), (), (seed, tuple(int(o) for o in origin), tuple(int(s) for s in tensor_shape)))
+
     def add(self, dst: View, a: View, b: View) -> None:
         self._emit("add", (dst,), (a, b))
 

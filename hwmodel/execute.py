@@ -164,6 +164,14 @@ def _fill(op: Op, mem: _Memory, machine: MachineSpec) -> None:
     mem.write(dst, numerics.cast(np.full(dst.shape, op.params[0]), dst.dtype))
 
 
+def _random(op: Op, mem: _Memory, machine: MachineSpec) -> None:
+    dst = op.dst[0]
+    seed, origin, shape = op.params
+    coords = np.indices(dst.extent).reshape(len(dst.extent), -1) + np.asarray(origin).reshape(-1, 1)
+    index = np.ravel_multi_index(tuple(coords), shape) if coords.size else np.zeros(0, np.int64)
+    mem.write(dst, numerics.random_uniform(seed, index, dst.dtype))
+
+
 def _reduce(op: Op, mem: _Memory, machine: MachineSpec) -> None:
     dst, = op.dst
     src = mem.read(op.src[0])
@@ -199,7 +207,7 @@ def _lut(op: Op, mem: _Memory, machine: MachineSpec) -> None:
 
 
 _HANDLERS = {
-    "copy": _copy, "mma": _mma, "cast": _cast, "split_fp16": _split, "fill": _fill, "axpy": _axpy, "mla": _mla,
+    "copy": _copy, "mma": _mma, "cast": _cast, "split_fp16": _split, "fill": _fill, "random": _random, "axpy": _axpy, "mla": _mla,
     "quantize": _quantize, "dequantize": _dequantize, "lut": _lut,
     "reduce_max": _reduce, "reduce_sum": _reduce,
     **{k: _arith for k in _ARITH}, **{k: _scalar for k in ("adds", "muls", "maxs")},

@@ -69,6 +69,23 @@ def _fp32_round_to_odd(x: np.ndarray) -> np.ndarray:
     return r
 
 
+RANDOM_BITS = {"fp32": 24, "fp16": 11, "bf16": 8}   # significand bits: every value is exact
+
+
+def random_uniform(seed: int, index: np.ndarray, dtype: str) -> np.ndarray:
+    """Counter-based pseudo-random numbers in [-1, 1): a SplitMix64 finalizer of (seed, index),
+    its top RANDOM_BITS[dtype] bits u giving u / 2**(bits-1) - 1, exact in `dtype`."""
+    bits = RANDOM_BITS[dtype]
+    x = index.astype(np.uint64) + np.uint64(seed * 0x9E3779B97F4A7C15 % 2**64)
+    x ^= x >> np.uint64(30)
+    x *= np.uint64(0xBF58476D1CE4E5B9)
+    x ^= x >> np.uint64(27)
+    x *= np.uint64(0x94D049BB133111EB)
+    x ^= x >> np.uint64(31)
+    u = (x >> np.uint64(64 - bits)).astype(np.float64)
+    return (u / 2.0 ** (bits - 1) - 1.0).astype(NUMPY[dtype])
+
+
 def split_fp16(x: np.ndarray, shift: int, half: str = "fp16") -> tuple[np.ndarray, np.ndarray]:
     """hi = half(x); lo = half(fp32(x - hi) * 2**shift), the vector unit's split of fp32 values."""
     with np.errstate(over="ignore", invalid="ignore"):

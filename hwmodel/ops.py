@@ -37,7 +37,7 @@ ELEMENTWISE_SCALAR = frozenset({"adds", "muls", "maxs"})
 ELEMENTWISE_UNARY = frozenset({"exp", "abs"})
 REDUCTIONS = frozenset({"reduce_max", "reduce_sum"})
 VECTOR_KINDS = (ELEMENTWISE_BINARY | ELEMENTWISE_SCALAR | ELEMENTWISE_UNARY | REDUCTIONS
-                | {"cast", "split_fp16", "fill", "axpy", "mla", "quantize", "dequantize", "lut"})
+                | {"cast", "split_fp16", "fill", "random", "axpy", "mla", "quantize", "dequantize", "lut"})
 VECTOR_SPACE = "UB"
 
 
@@ -166,6 +166,8 @@ def _check_vector_dtypes(op: Op) -> None:
         if srcs[0] not in INTS or dst.dtype != "fp32" or any(s != "fp32" for s in srcs[1:]):
             raise _fail(DtypeError, op, f"dequantize takes an integer source and fp32 scales into fp32; "
                         f"got {srcs[0]} -> {dst.dtype} with scales {srcs[1:]}")
+    elif kind == "random":
+        _check_random(op)
     elif kind == "cast":
         pass  # any supported pair; rounding is round-to-nearest-even with saturation for ints
     elif kind in ("add", "sub", "max", "min", "adds", "maxs", "fill", "reduce_sum", "reduce_max"):
@@ -176,6 +178,23 @@ def _check_vector_dtypes(op: Op) -> None:
         if dst.dtype not in FLOATS or any(s != dst.dtype for s in srcs):
             raise _fail(DtypeError, op, f"needs float operands of one dtype; destination {dst.dtype}, "
                         f"sources {srcs} (convert with k.cast)")
+
+
+def _check_random(op: Op) -> None:
+    dst = op.dst[0]
+    if dst.dtype not in FLOATS:
+        raise _fail(DtypeError, op, f"fills a float buffer, got {dst.dtype} (generate in fp32, then k.cast)")
+    if op.src or len(op.params) != 3:
+        raise _fail(ShapeError, op, "takes a destination and (seed, origin, tensor_shape) only")
+    seed, origin, shape = op.params
+    if not isinstance(seed, int) or not 0 <= seed < 2**32:
+        raise _fail(HwError, op, f"seed must be an int in 0..2**32-1, got {seed!r}")
+    extent = dst.extent
+    if (len(origin) != len(extent) or len(shape) != len(extent)
+            or any(not isinstance(x, int) for x in (*origin, *shape))
+            or any(o < 0 or o + e > s for o, e, s in zip(origin, extent, shape))):
+        raise _fail(ShapeError, op, f"the block at origin {tuple(origin)} of extent {extent} must lie inside "
+                    f"the logical tensor of shape {tuple(shape)} (one coordinate per dimension of the view)")
 
 
 _CHECKS = {"copy": _check_copy, "mma": _check_mma, "barrier": lambda op, machine: None,
