@@ -31,10 +31,13 @@ per-k loop of column loads and rank-1 updates, which does not depend on n; the t
 Targets: simulated error within 2x of measured for fp16, split3 and split3_chunk* on every
 distribution and size; simulated time ratios within 25% of the measured ones.
 Known miss, not calibrated away: INT8 vs FP16. The GPU's torch._int_mm (cuBLASLt IMMA,
-int32 out) reaches 917 TOPS = 46% of the INT8 peak, FP16 71% of its peak. A one-off probe on
-an H100 (not in the JSON) saw FP8 GEMMs (same tensor-core peak as INT8) at 1238 TFLOP/s, and
-the INT8 GEMM at higher SM clocks than FP16 under the 700 W cap, so the gap is that library
-kernel's efficiency, not the hardware. The simulated INT8 kernel gets the full 2x of the
+int32 out) reaches 917 TOPS = 46% of the INT8 peak, FP16 71% of its peak. The INT8 probe
+(benchmarks/gpu/int8_probe.py; data/h100_int8_probe.json) found no faster INT8 kernel on the
+machine: cuBLASLt with B column-major 770 / 825 TOPS at 4096 / 8192 (B row-major 123 / 129, an
+autotuned Triton kernel 246 / 283), FP16 721 / 769 TFLOP/s in the same run. A one-off probe
+saw FP8 GEMMs (same tensor-core peak as INT8) at 1238 TFLOP/s, and the INT8 GEMM at higher
+SM clocks than FP16 under the 700 W cap, so the gap is the available INT8 kernels'
+efficiency, not the hardware. The simulated INT8 kernel gets the full 2x of the
 cube's INT8 mode (ratio ~0.47 vs 0.77); lowering the INT8 rate in the preset would be a
 per-kernel fudge.
 """
