@@ -117,6 +117,11 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
            lambda k: {"quantization": "int8 per-row/col",
                       "residual": "dense fp16 (A and B)" if k["COMPENSATE_B"] else "dense fp16 (A only)",
                       **_gemm_tags(k)}),
+    Family("qgemm_int8_lowrank", "qgemm", "INT8 + low-rank FP16 part (LRQMM): randomized range finder of A on the "
+           "device, the rank-r part kept in fp16, only the remainder quantized",
+           {"RANK": (8, 16, 24), "BM": (64, 128), "BN": (64, 128), "SLOTS": (1, 2), "GROUP": (1, 2, 4, 8)},
+           lambda k: {"quantization": "int8 per-row/col", "residual": f"low-rank r={k['RANK']} (randomized)",
+                      **_gemm_tags(k)}),
     *(_attention(*spec) for spec in _ATTENTION),
 )}
 
