@@ -122,6 +122,12 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
            {"RANK": (8, 16, 24), "BM": (64, 128), "BN": (64, 128), "SLOTS": (1, 2), "GROUP": (1, 2, 4, 8)},
            lambda k: {"quantization": "int8 per-row/col", "residual": f"low-rank r={k['RANK']} (randomized)",
                       **_gemm_tags(k)}),
+    Family("qgemm_apsq", "qgemm", "APSQ-style INT8: K in passes, partial sums between passes requantized to "
+           "int16/int8 with per-row scales (error counted; fails the qgemm budget)",
+           {"BM": (64, 128), "BN": (64, 128), "SLOTS": (1, 2), "GROUP": (1, 2, 4, 8), "KPASS": (256, 512, 1024),
+            "PSUM_DTYPE": ("int16", "int8")},
+           lambda k: {"quantization": f"int8 inputs, {k['PSUM_DTYPE']} partial sums", "residual": "none",
+                      **_gemm_tags(k)}),
     *(_attention(*spec) for spec in _ATTENTION),
 )}
 
