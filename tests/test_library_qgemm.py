@@ -50,3 +50,12 @@ def test_low_rank_error_falls_with_rank_and_does_not_depend_on_tiling():
     e8, e16 = llm_error("qgemm_int8_lowrank", RANK=8), llm_error("qgemm_int8_lowrank", RANK=16)
     assert e16 < e8
     assert llm_error("qgemm_int8_lowrank", RANK=16, BM=64, BN=64) == pytest.approx(e16, rel=0.05)
+
+
+@pytest.mark.sim
+def test_apsq_low_precision_partial_sums_add_error_to_int8():
+    direct = llm_error("qgemm_int8")
+    psum16 = llm_error("qgemm_apsq", KPASS=128)                 # three passes over K = 320
+    psum8 = llm_error("qgemm_apsq", KPASS=128, PSUM_DTYPE="int8")
+    assert psum16 == pytest.approx(direct, rel=0.02)            # int16 partial sums cost almost nothing
+    assert psum8 > psum16                                        # int8 ones add to it

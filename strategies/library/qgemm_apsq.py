@@ -116,8 +116,9 @@ def kernel(k, a, b, c):
         passes = list(range(0, K, KPASS))
         for n_pass, kp in enumerate(passes):
             last = n_pass == len(passes) - 1
-            for kk1 in range(kp, min(K, kp + KPASS), BK1):
-                kl1 = min(BK1, K - kk1)
+            end = min(K, kp + KPASS)
+            for kk1 in range(kp, end, BK1):
+                kl1 = min(BK1, end - kk1)
                 x1 = s1 % SLOTS
                 s1 += 1
                 k.copy(a_l1[x1][:m, :kl1], qa[i:i + m, kk1:kk1 + kl1])
