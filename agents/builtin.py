@@ -90,7 +90,7 @@ class BuiltinBackend:
         memory = re.search(r"\b(L1|L0A|L0B|L0C|UB)\b", result.message)
         order = {"L0A": ("BK", "BM", "KV_STEP", "BQ", "SLOTS"), "L0B": ("BK", "BN", "KV_STEP", "D_STEP", "SLOTS"),
                  "L0C": ("BM", "BN", "BQ", "BKV"), "L1": ("BK1", "SLOTS", "BN", "BM", "BKV"),
-                 "UB": ("DRAIN_ROWS", "SLOTS", "BN", "BKV", "BQ")}.get(memory.group(1) if memory else "",
+                 "UB": ("SPLIT_SLOTS", "DRAIN_ROWS", "SLOTS", "BN", "BKV", "BQ")}.get(memory.group(1) if memory else "",
                                                                      ("BM", "BN", "BK1", "BQ", "BKV"))
         for name in order:
             values = family.space.get(name)

@@ -93,6 +93,12 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
            "two FP32 accumulators", {"BM": TILE, "BN": TILE, "BK1": (128, 256, 512), "BK": (32, 64, 128),
                                      "SLOTS": (1, 2, 3), "GROUP": (1, 2, 4, 8), "DRAIN_ROWS": (16, 32)},
            lambda k: {"split": "pre-split in GM", **_gemm_tags(k)}),
+    Family("sgemm_cube_otf", "sgemm", "SGEMM-cube with on-the-fly split: fp32 K-panels split in UB on their way "
+           "to L1 (no pre-split phase, no barrier), three cube terms, two FP32 accumulators",
+           {"BM": TILE, "BN": TILE, "BK1": (128, 256), "BK": (32, 64), "SLOTS": (1, 2), "SPLIT_SLOTS": (2, 3, 4),
+            "SPLIT_ROWS": (8, 16, 32), "GROUP": (1, 2, 4, 8), "DRAIN_ROWS": (16, 32)},
+           lambda k: {"split": "on-the-fly in UB", **_gemm_tags(k)}, module="sgemm_cube",
+           fixed=(("ON_THE_FLY", True), ("SPLIT_SLOTS", 4), ("SPLIT_ROWS", 16))),
     Family("sgemm_termwise", "sgemm", "Termwise (Ootomo) split GEMM: cube terms per K chunk, summed in FP32 "
            "on the vector unit", {"BM": TILE, "BN": TILE, "BK1": (128, 256), "BK": (32, 64), "CHUNK": (0, 256, 1024),
                                   "SLOTS": (1, 2), "ACC_SLOTS": (1, 2), "GROUP": (1, 2, 4, 8)},

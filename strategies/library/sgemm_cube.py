@@ -1,7 +1,10 @@
-"""SGEMM-cube: FP32-accurate GEMM on the FP16 cube by splitting (pre-split in GM).
+"""SGEMM-cube: FP32-accurate GEMM on the FP16 cube by splitting (pre-split in GM, or on the fly).
 
 Phase 1 (vector): every core splits a share of rows of A and B into hi = fp16(x) and
-lo = fp16((x - hi) * 2**SHIFT), written to GM workspaces. Phase 2 (cube): per output
+lo = fp16((x - hi) * 2**SHIFT), written to GM workspaces. With ON_THE_FLY there is no
+phase 1 and no barrier: each K-panel is loaded as fp32 into UB, split there by the vector
+unit and moved UB -> L1, overlapping the cube (cores sharing a panel each split it; the
+GM traffic is the same bytes as hi + lo). Phase 2 (cube): per output
 tile, main += a_hi @ b_hi and corr += a_hi @ b_lo + a_lo @ b_hi in two FP32
 accumulators (lo @ lo dropped); the drain adds c = main + corr * 2**-SHIFT on the vector
 unit. L1 holds K-panels of BK1, L0 steps of BK, rings of SLOTS (2 = double buffered).
@@ -13,6 +16,8 @@ SHIFT = 11                 # lo is scaled by 2**SHIFT so it keeps its bits in fp
 SPLIT_ROWS, SPLIT_COLS = 32, 256   # phase-1 chunk of fp32 split at a time
 DRAIN_ROWS = 16
 GROUP = 2                  # block swizzle (as in CANN's basic matmul): bands of GROUP tile-rows
+ON_THE_FLY = False         # split each K-panel in UB on its way to L1 instead of pre-splitting in GM
+SPLIT_SLOTS = 2            # ring depth of the split staging in UB (hides GM latency of the chunk loads)
 
 
 def split_rows(k, src, hi, lo, stage, halves_hi, halves_lo, counter):
@@ -21,7 +26,7 @@ def split_rows(k, src, hi, lo, stage, halves_hi, halves_lo, counter):
     chunks = [(r, c) for r in range(0, rows, SPLIT_ROWS) for c in range(0, cols, SPLIT_COLS)]
     for r, c in chunks[k.core_id::k.num_cores]:
         nr, nc = min(SPLIT_ROWS, rows - r), min(SPLIT_COLS, cols - c)
-        x = counter % SLOTS
+        x = counter % SPLIT_SLOTS
         counter += 1
         k.copy(stage[x][:nr, :nc], src[r:r + nr, c:c + nc])
         k.split_fp16(halves_hi[x][:nr, :nc], halves_lo[x][:nr, :nc], stage[x][:nr, :nc], SHIFT)
@@ -30,24 +35,41 @@ def split_rows(k, src, hi, lo, stage, halves_hi, halves_lo, counter):
     return counter
 
 
-def ring(k, space, shape, dtype, name):
-    """A ring of SLOTS buffers, indexable by slot even when SLOTS == 1."""
-    buf = k.alloc(space, shape, dtype, count=SLOTS, name=name)
-    return buf if SLOTS > 1 else [buf]
+def load_split(k, src, hi_l1, lo_l1, stage, halves_hi, halves_lo, counter):
+    """Split an fp32 GM panel chunk by chunk in UB into the fp16 hi/lo panels in L1."""
+    rows, cols = src.shape
+    for r in range(0, rows, SPLIT_ROWS):
+        for c in range(0, cols, SPLIT_COLS):
+            nr, nc = min(SPLIT_ROWS, rows - r), min(SPLIT_COLS, cols - c)
+            x = counter % SPLIT_SLOTS
+            counter += 1
+            k.copy(stage[x][:nr, :nc], src[r:r + nr, c:c + nc])
+            k.split_fp16(halves_hi[x][:nr, :nc], halves_lo[x][:nr, :nc], stage[x][:nr, :nc], SHIFT)
+            k.copy(hi_l1[r:r + nr, c:c + nc], halves_hi[x][:nr, :nc])
+            k.copy(lo_l1[r:r + nr, c:c + nc], halves_lo[x][:nr, :nc])
+    return counter
+
+
+def ring(k, space, shape, dtype, name, slots=None):
+    """A ring of `slots` (default SLOTS) buffers, indexable by slot even when there is one."""
+    slots = slots or SLOTS
+    buf = k.alloc(space, shape, dtype, count=slots, name=name)
+    return buf if slots > 1 else [buf]
 
 
 def kernel(k, a, b, c):
     M, K = a.shape
     N = b.shape[1]
-    # ---- phase 1: split A and B into fp16 halves in GM
-    a_hi, a_lo = k.workspace((M, K), "fp16", "a_hi"), k.workspace((M, K), "fp16", "a_lo")
-    b_hi, b_lo = k.workspace((K, N), "fp16", "b_hi"), k.workspace((K, N), "fp16", "b_lo")
-    stage = ring(k, "UB", (SPLIT_ROWS, SPLIT_COLS), "fp32", "stage")
-    halves_hi = ring(k, "UB", (SPLIT_ROWS, SPLIT_COLS), "fp16", "halves_hi")
-    halves_lo = ring(k, "UB", (SPLIT_ROWS, SPLIT_COLS), "fp16", "halves_lo")
-    n = split_rows(k, a, a_hi, a_lo, stage, halves_hi, halves_lo, 0)
-    split_rows(k, b, b_hi, b_lo, stage, halves_hi, halves_lo, n)
-    k.barrier()
+    stage = ring(k, "UB", (SPLIT_ROWS, SPLIT_COLS), "fp32", "stage", SPLIT_SLOTS)
+    halves_hi = ring(k, "UB", (SPLIT_ROWS, SPLIT_COLS), "fp16", "halves_hi", SPLIT_SLOTS)
+    halves_lo = ring(k, "UB", (SPLIT_ROWS, SPLIT_COLS), "fp16", "halves_lo", SPLIT_SLOTS)
+    if not ON_THE_FLY:
+        # ---- phase 1: split A and B into fp16 halves in GM
+        a_hi, a_lo = k.workspace((M, K), "fp16", "a_hi"), k.workspace((M, K), "fp16", "a_lo")
+        b_hi, b_lo = k.workspace((K, N), "fp16", "b_hi"), k.workspace((K, N), "fp16", "b_lo")
+        n = split_rows(k, a, a_hi, a_lo, stage, halves_hi, halves_lo, 0)
+        split_rows(k, b, b_hi, b_lo, stage, halves_hi, halves_lo, n)
+        k.barrier()
     # ---- phase 2: three-term GEMM on the cube
     a_hi_l1 = ring(k, "L1", (BM, BK1), "fp16", "a_hi_l1")
     a_lo_l1 = ring(k, "L1", (BM, BK1), "fp16", "a_lo_l1")
@@ -59,17 +81,23 @@ def kernel(k, a, b, c):
     corr = k.alloc("L0C", (BM, BN), "fp32", name="acc_corr")
     out = ring(k, "UB", (DRAIN_ROWS, BN), "fp32", "out_ub")
     corr_ub = ring(k, "UB", (DRAIN_ROWS, BN), "fp32", "corr_ub")
-    s1 = s0 = sb = so = 0
+    s1 = s0 = sb = so = ss = 0
     for i, j in k.tiles((M, N), (BM, BN), group=GROUP):
         m, n = min(BM, M - i), min(BN, N - j)
         for kk1 in range(0, K, BK1):
             kl1 = min(BK1, K - kk1)
             x1 = s1 % SLOTS
             s1 += 1
-            k.copy(a_hi_l1[x1][:m, :kl1], a_hi[i:i + m, kk1:kk1 + kl1])
-            k.copy(a_lo_l1[x1][:m, :kl1], a_lo[i:i + m, kk1:kk1 + kl1])
-            k.copy(b_hi_l1[x1][:kl1, :n], b_hi[kk1:kk1 + kl1, j:j + n])
-            k.copy(b_lo_l1[x1][:kl1, :n], b_lo[kk1:kk1 + kl1, j:j + n])
+            if ON_THE_FLY:
+                ss = load_split(k, a[i:i + m, kk1:kk1 + kl1], a_hi_l1[x1][:m, :kl1], a_lo_l1[x1][:m, :kl1],
+                                stage, halves_hi, halves_lo, ss)
+                ss = load_split(k, b[kk1:kk1 + kl1, j:j + n], b_hi_l1[x1][:kl1, :n], b_lo_l1[x1][:kl1, :n],
+                                stage, halves_hi, halves_lo, ss)
+            else:
+                k.copy(a_hi_l1[x1][:m, :kl1], a_hi[i:i + m, kk1:kk1 + kl1])
+                k.copy(a_lo_l1[x1][:m, :kl1], a_lo[i:i + m, kk1:kk1 + kl1])
+                k.copy(b_hi_l1[x1][:kl1, :n], b_hi[kk1:kk1 + kl1, j:j + n])
+                k.copy(b_lo_l1[x1][:kl1, :n], b_lo[kk1:kk1 + kl1, j:j + n])
             for kk0 in range(0, kl1, BK):
                 kl0 = min(BK, kl1 - kk0)
                 first = kk1 + kk0 == 0
