@@ -15,7 +15,7 @@ from typing import Callable, Sequence
 
 from hwmodel.dtypes import BITS, check_dtype, nbytes
 from hwmodel.errors import BoundsError, CapacityError, HwError, ShapeError
-from hwmodel.ops import Op, check_op
+from hwmodel.ops import COMPARE_MODES, Op, check_op
 from hwmodel.spec import MachineSpec
 from hwmodel.views import BufferDecl, Ring, TensorDecl, View
 
@@ -263,6 +263,13 @@ class Kernel:
     def mla(self, dst: View, a: View, b: View) -> None:
         """dst += a * b (operands broadcast: (M,1) x (1,N) is a rank-1 update)."""
         self._emit("mla", (dst,), (a, b, dst))
+
+    def compare(self, dst: View, a: View, b: View, mode: str) -> None:
+        """dst = 1 where `a mode b` holds, else 0 (mode: gt, ge, lt, le, eq, ne; operands
+        broadcast). A float mask: select with k.mul, count with k.reduce_sum."""
+        if mode not in COMPARE_MODES:
+            raise HwError(f"compare: mode must be one of {', '.join(COMPARE_MODES)}, got {mode!r}")
+        self._emit("compare", (dst,), (a, b), (mode,))
 
     def exp(self, dst: View, src: View) -> None:
         self._emit("exp", (dst,), (src,))

@@ -150,6 +150,18 @@ def _scalar(op: Op, mem: _Memory, machine: MachineSpec) -> None:
     _float_result(op, mem, fn)
 
 
+_COMPARE = {"gt": np.greater, "ge": np.greater_equal, "lt": np.less, "le": np.less_equal,
+            "eq": np.equal, "ne": np.not_equal}
+
+
+def _compare(op: Op, mem: _Memory, machine: MachineSpec) -> None:
+    """Exact comparison of the operands as stored (floats as float64, integers as int64)."""
+    a, b = (mem.read(s) for s in op.src)
+    wide = np.float64 if op.src[0].dtype in FLOATS else np.int64
+    mask = _COMPARE[op.params[0]](a.astype(wide), b.astype(wide))
+    mem.write(op.dst[0], numerics.cast(np.broadcast_to(mask, op.dst[0].shape).astype(np.float64), op.dst[0].dtype))
+
+
 def _axpy(op: Op, mem: _Memory, machine: MachineSpec) -> None:
     alpha = op.params[0]
     _float_result(op, mem, lambda x, y: y + alpha * x)
@@ -209,6 +221,7 @@ def _lut(op: Op, mem: _Memory, machine: MachineSpec) -> None:
 _HANDLERS = {
     "copy": _copy, "mma": _mma, "cast": _cast, "split_fp16": _split, "fill": _fill, "random": _random, "axpy": _axpy, "mla": _mla,
     "quantize": _quantize, "dequantize": _dequantize, "lut": _lut,
+    "compare": _compare,
     "reduce_max": _reduce, "reduce_sum": _reduce,
     **{k: _arith for k in _ARITH}, **{k: _scalar for k in ("adds", "muls", "maxs")},
 }

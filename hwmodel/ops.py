@@ -36,8 +36,9 @@ ELEMENTWISE_BINARY = frozenset({"add", "sub", "mul", "div", "max", "min"})
 ELEMENTWISE_SCALAR = frozenset({"adds", "muls", "maxs"})
 ELEMENTWISE_UNARY = frozenset({"exp", "abs"})
 REDUCTIONS = frozenset({"reduce_max", "reduce_sum"})
+COMPARE_MODES = ("gt", "ge", "lt", "le", "eq", "ne")
 VECTOR_KINDS = (ELEMENTWISE_BINARY | ELEMENTWISE_SCALAR | ELEMENTWISE_UNARY | REDUCTIONS
-                | {"cast", "split_fp16", "fill", "random", "axpy", "mla", "quantize", "dequantize", "lut"})
+                | {"compare", "cast", "split_fp16", "fill", "random", "axpy", "mla", "quantize", "dequantize", "lut"})
 VECTOR_SPACE = "UB"
 
 
@@ -168,6 +169,12 @@ def _check_vector_dtypes(op: Op) -> None:
                         f"got {srcs[0]} -> {dst.dtype} with scales {srcs[1:]}")
     elif kind == "random":
         _check_random(op)
+    elif kind == "compare":
+        if len(op.params) != 1 or op.params[0] not in COMPARE_MODES:
+            raise _fail(HwError, op, f"mode must be one of {', '.join(COMPARE_MODES)}, got {op.params!r}")
+        if dst.dtype not in FLOATS or srcs[0] != srcs[1]:
+            raise _fail(DtypeError, op, f"compares two operands of one dtype into a float 0/1 mask; got "
+                        f"{srcs[0]} vs {srcs[1]} -> {dst.dtype} (convert with k.cast)")
     elif kind == "cast":
         pass  # any supported pair; rounding is round-to-nearest-even with saturation for ints
     elif kind in ("add", "sub", "max", "min", "adds", "maxs", "fill", "reduce_sum", "reduce_max"):
