@@ -128,6 +128,14 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
            {"RANK": (8, 16, 24), "BM": (64, 128), "BN": (64, 128), "SLOTS": (1, 2), "GROUP": (1, 2, 4, 8)},
            lambda k: {"quantization": "int8 per-row/col", "residual": f"low-rank r={k['RANK']} (randomized)",
                       **_gemm_tags(k)}),
+    Family("qgemm_int8_sparse", "qgemm", "INT8 + sparse top-k FP16 part (LRQMM): outlier channels of A found on "
+           "the device (column absmax over a threshold), up to TOPK of them gathered by a 0/1 selection matrix and "
+           "multiplied in fp16, the rest of A quantized",
+           {"TOPK": (16, 32, 64), "THRESH": (3.0, 5.0, 8.0), "DETECT_ROWS": (0, 256, 1024), "BM": (64, 128),
+            "BN": (64, 128), "SLOTS": (1, 2), "GROUP": (1, 2, 4, 8)},
+           lambda k: {"quantization": "int8 per-row/col",
+                      "residual": f"sparse top-k: <= {k['TOPK']} outlier channels of A in fp16 "
+                                  f"(absmax > {k['THRESH']:g}x mean)", **_gemm_tags(k)}),
     Family("qgemm_apsq", "qgemm", "APSQ-style INT8: K in passes, partial sums between passes requantized to "
            "int16/int8 with per-row scales (error counted; fails the qgemm budget)",
            {"BM": (64, 128), "BN": (64, 128), "SLOTS": (1, 2), "GROUP": (1, 2, 4, 8), "KPASS": (256, 512, 1024),
