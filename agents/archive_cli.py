@@ -1,4 +1,4 @@
-"""`cubepilot archive ...` and `cubepilot strategies`: read the archive and the seed library."""
+"""`cubepilot archive ...`: read the recorded runs (ls, show, lineage, export)."""
 from __future__ import annotations
 
 import json
@@ -112,14 +112,3 @@ def export(run_id: str, directory: Path, archive: Path = ARCHIVE_OPTION,
         (directory / f"{stem}.json").write_text(json.dumps({"strategy": r.strategy.model_dump(mode="json"),
                                                             "result": r.result.model_dump(mode="json")}, indent=2))
     console.print(f"wrote {len(rows)} kernels to {directory}")
-
-
-def strategies_command(task: str = typer.Option(None, "--task", help="only this task's families")) -> None:
-    """List the seed library: technique families, their task, recipe and knob space."""
-    from strategies.families import FAMILIES
-
-    for f in FAMILIES.values():
-        if task and f.task != task or not f.path.exists():
-            continue
-        console.print(f"[bold]{f.name}[/] ({f.task}): {f.summary}", highlight=False)
-        console.print("    knobs: " + "; ".join(f"{k} {list(v)}" for k, v in f.space.items()), highlight=False)

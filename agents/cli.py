@@ -24,9 +24,8 @@ console = Console()
 
 
 def _register_archive() -> None:
-    from agents.archive_cli import archive_app, strategies_command
+    from agents.archive_cli import archive_app
     app.add_typer(archive_app, name="archive")
-    app.command("strategies")(strategies_command)
 
 
 def fail(message: str) -> None:
@@ -133,8 +132,9 @@ def eval_kernel(
 ) -> None:
     """Evaluate one kernel: policy, sandbox, correctness on every distribution, timing.
 
-    Exits 0 only when the kernel is ok; 1 when it fails; 2 for bad input (missing file, unknown
-    task or machine, bad shape, syntax error, no kernel() with the task's signature)."""
+    Exits 0 only when the kernel is ok and 1 when it fails.
+
+    Exits 2 for bad input: missing file, unknown task or machine, bad shape, syntax error, no kernel() with the task's signature."""
     from evaluator.cascade import EvalConfig, evaluate
     from evaluator.errors import EvalError
     from evaluator.tasks import get_task
@@ -161,6 +161,64 @@ def eval_kernel(
     if result.status.value == "compile_error":   # bad input: syntax error, missing or mis-typed kernel()
         raise typer.Exit(2)
     raise typer.Exit(0 if result.ok else 1)
+
+
+@app.command("strategies")
+def strategies(
+    task: str = typer.Option(None, "--task", "-t", help="only this task's families (see `cubepilot tasks`)"),
+    measure: bool = typer.Option(False, "--measure", help="evaluate each family's reference kernel through the full "
+                                 "cascade now, record its figures in the figures file, and print them"),
+    machine: str = typer.Option(None, "--machine", "-m", help="with --measure: preset name or TOML path to measure on "
+                                "(default ascend-910a); without: show only figures measured on this machine"),
+    shape: str = typer.Option(None, "--shape", "-s", help="needs --task. With --measure: the shape to measure at "
+                              "(default: the task's benchmark shape with every side capped at 512, i.e. 512x512x512 "
+                              "for GEMM tasks, 1x8x512x128 for attention); without: show only figures at this shape"),
+    seed: int = typer.Option(None, "--seed", help="with --measure: seed of the correctness inputs (default: fresh)"),
+    figures: Path = typer.Option(None, "--figures", help="JSON file of measured figures, read by the listing and "
+                                 "rewritten atomically by --measure (default .cubepilot/library-figures.json)"),
+    as_json: bool = typer.Option(False, "--json", help="print one JSON object instead of the tables"),
+) -> None:
+    """List the seed library: each technique family's task, recipe, knob space and measured figures.
+
+    Figures come from the file that --measure writes; one of a kernel or machine changed since shows as stale.
+
+    A reference kernel that fails on its task (some do by design, e.g. qgemm_int8 on qgemm) shows why.
+
+    Exits 2 for bad input (unknown task or machine, bad shape); --measure exits 0 even when kernels fail."""
+    from agents import strategies_cli
+    from evaluator.errors import EvalError
+    from evaluator.tasks import get_task
+    from strategies.families import FAMILIES
+    from strategies.figures import DEFAULT_FIGURES, FigureStore, FiguresError, quick_shape
+
+    if seed is not None and not measure:
+        fail("--seed only applies with --measure (it seeds the correctness inputs of the measurement)")
+    if shape and not task:
+        fail(f"--shape {shape} needs --task: GEMM tasks take MxNxK shapes and attention tasks BxHxSxD "
+             "(e.g. --task hgemm --shape 1024x1024x1024)")
+    try:
+        the_task = get_task(task) if task else None
+        the_shape = the_task.parse_shape(shape) if shape else None
+    except EvalError as exc:
+        fail(str(exc))
+    spec = _machine(machine or "ascend-910a") if measure or machine else None
+    shown = None if measure else (spec and spec.name, the_task.format_shape(the_shape) if the_shape else None)
+    families = [f for f in FAMILIES.values() if (not task or f.task == task) and f.path.exists()]
+    store = FigureStore(figures or DEFAULT_FIGURES)
+    try:
+        if measure:
+            shapes = {f.task: the_shape or quick_shape(get_task(f.task)) for f in families}
+            rows = strategies_cli.measure_all(families, spec, shapes, store, seed, console, quiet=as_json)
+        else:
+            rows = strategies_cli.listing(families, store, *shown)
+    except FiguresError as exc:
+        fail(str(exc))
+    if as_json:
+        print(__import__("json").dumps(strategies_cli.rows_json(rows, str(store.path))))
+    else:
+        strategies_cli.print_rows(console, rows, str(store.path), measure, *(shown or (None, None)))
+    if len(rows) < len(families):                   # Ctrl-C during --measure: what was recorded is kept
+        raise typer.Exit(130)
 
 
 @app.command("run")
