@@ -8,6 +8,7 @@ import re
 import numpy as np
 
 from evaluator.result import EvalResult, EvalStatus
+from evaluator.sandbox import SandboxLimits
 from evaluator.tasks import get_task
 from hwmodel.dsl import record_trace
 from hwmodel.errors import HwError
@@ -27,13 +28,16 @@ MAX_PROPOSALS = 25
 class BuiltinBackend:
     """`machine` given: proposals whose kernel breaks a hardware rule at a small shape are
     redrawn before they cost an evaluation (the templates are trusted library code, so they
-    can be dry-run here; a check a person would make before submitting)."""
+    can be dry-run here; a check a person would make before submitting). `bench_shape` given
+    as well: so are proposals whose op count, extrapolated from the small shape by FLOPs,
+    would exceed the evaluator's op limit at the benchmark shape (tiles far too small)."""
 
-    def __init__(self, mode: str = "strategy", machine: MachineSpec | None = None):
+    def __init__(self, mode: str = "strategy", machine: MachineSpec | None = None, bench_shape=None):
         if mode not in ("strategy", "mutation-only", "random"):
             raise ValueError(f"mode must be strategy, mutation-only or random, got {mode!r}")
         self.mode = mode
         self.machine = machine
+        self.bench_shape = bench_shape
         self.name = "builtin" if mode == "strategy" else f"builtin-{mode}"
 
     def feasible(self, strategy: Strategy) -> bool:
@@ -43,7 +47,11 @@ class BuiltinBackend:
         try:
             fn = load_kernel_source(self.implement(strategy))
             for shape in task.small_shapes:     # the benchmark shape is too big to dry-run every time
-                record_trace(fn, self.machine, declare(task.args(shape)))
+                trace = record_trace(fn, self.machine, declare(task.args(shape)))
+                if shape == task.small_shapes[0] and self.bench_shape is not None:
+                    ops = trace.num_ops * task.flops(self.bench_shape) / task.flops(shape)
+                    if ops > SandboxLimits().max_ops:
+                        return False
         except HwError:
             return False
         return True

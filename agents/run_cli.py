@@ -30,7 +30,7 @@ def execute(archive: Archive, run_id: str, config: RunConfig, machine, console: 
     task = get_task(config.task)
     shape = task.parse_shape(config.shape)
     cache = EvalCache(archive.path.parent / "cache")
-    backend = BuiltinBackend(config.mode, machine)
+    backend = BuiltinBackend(config.mode, machine, shape)
 
     def run_one(source: str, seq: int):
         return evaluate(source, task, machine, shape, EvalConfig(seed=config.seed * 100_003 + seq), cache)

@@ -13,7 +13,7 @@ the most that is lost) and the tables then say which runs are incomplete.
 
 Sections:
 - lrqmm: benchmarks/lrqmm.py's table (INT8 direct, INT8 + dense / low-rank residual, ...).
-- sgemm: sgemm on ascend-910a at 4096^3, the three search modes x seeds at the same budget.
+- sgemm: sgemm on ascend-910a at 4096^3 (--sgemm-shape), the three search modes x seeds at the same budget.
   Speedup is against the hand-written SGEMM-cube double-buffered kernel (library sgemm_cube,
   evaluated inside every run); % of peak is of the FP32-equivalent (FP16/3) peak. Also the
   best-so-far after 25/50/100/.. evaluations, mean over seeds, per mode.
@@ -48,10 +48,11 @@ class Job:
     mode: str
     seed: int
     budget: int
+    shape: str | None = None          # None: the task's benchmark shape
 
     @property
     def name(self) -> str:
-        return f"{self.task}-{self.mode}-s{self.seed}"
+        return f"{self.task}{'-' + self.shape if self.shape else ''}-{self.mode}-s{self.seed}"
 
 
 def archive_of(job: Job, root: Path) -> Path:
@@ -76,7 +77,8 @@ def command(job: Job, root: Path) -> list[str] | None:
             "--archive", str(archive_of(job, root))]
     found = existing_run(archive_of(job, root))
     if found is None:
-        return base + ["--task", job.task, "--machine", MACHINE, "--seed", str(job.seed), "--mode", job.mode]
+        shape = ["--shape", job.shape] if job.shape else []
+        return base + ["--task", job.task, "--machine", MACHINE, "--seed", str(job.seed), "--mode", job.mode] + shape
     run_id, done = found
     return None if done >= job.budget else base + ["--resume", run_id]
 
@@ -125,7 +127,7 @@ def run_figures(job: Job, root: Path) -> dict | None:
         curve.append(best_so_far)
     best = summary.best[1] if summary.best else None
     return {
-        "job": job.name, "task": job.task, "mode": job.mode, "seed": job.seed, "run_id": found[0],
+        "job": job.name, "task": job.task, "shape": job.shape, "mode": job.mode, "seed": job.seed, "run_id": found[0],
         "evaluations": len(rows), "budget": job.budget, "complete": len(rows) >= job.budget,
         "failures": summary.failures,
         "best_tflops": round(best.tflops, 2) if best else None,
@@ -134,6 +136,7 @@ def run_figures(job: Job, root: Path) -> dict | None:
         "best_family": summary.best[0].family if summary.best else None,
         "best_plan": summary.best[0].plan if summary.best else None,
         "handwritten_tflops": round(base[0].tflops, 2) if base else None,
+        "handwritten_time_ns": base[0].time_ns if base else None,
         "speedup_vs_handwritten": round(base[0].time_ns / best.time_ns, 3) if base and best else None,
         "best_time_ns_after": {str(n): curve[n - 1] for n in CHECKPOINTS if n <= len(curve)},
     }
@@ -156,9 +159,8 @@ def compare_modes(runs: list[dict], modes: list[str]) -> list[dict]:
                "best_pct_of_peak": mean_spread([r["best_pct_of_peak"] for r in mine]),
                "best_tflops": mean_spread([r["best_tflops"] for r in mine])}
         for n in CHECKPOINTS:                 # mean best speedup after n evaluations
-            pts = [r["handwritten_tflops"] and (r["best_time_ns_after"].get(str(n))) for r in mine]
-            speed = [(2 * 4096 ** 3 / t / 1e3) / r["handwritten_tflops"] for r, t in zip(mine, pts)
-                     if t and r["handwritten_tflops"]]
+            speed = [r["handwritten_time_ns"] / t for r in mine
+                     if (t := r["best_time_ns_after"].get(str(n))) and r["handwritten_time_ns"] and t != float("inf")]
             if speed:
                 row[f"speedup_after_{n}"] = round(statistics.fmean(speed), 3)
         table.append(row)
@@ -170,6 +172,7 @@ def main() -> None:
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
     parser.add_argument("--sections", default="lrqmm,sgemm,attention")
     parser.add_argument("--budget", type=int, default=200, help="evaluations per sgemm run (default 200)")
+    parser.add_argument("--sgemm-shape", default=None, help="MxNxK of the sgemm runs (default: 4096x4096x4096)")
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--modes", default="strategy,mutation-only,random")
     parser.add_argument("--attention-budget", type=int, default=60)
@@ -186,13 +189,14 @@ def main() -> None:
 
     jobs = []
     if "sgemm" in sections:
-        jobs += [Job("sgemm", mode, seed, args.budget) for mode in modes for seed in seeds]
+        jobs += [Job("sgemm", mode, seed, args.budget, args.sgemm_shape) for mode in modes for seed in seeds]
     if "attention" in sections:
         jobs += [Job("attention", "strategy", seed, args.attention_budget) for seed in seeds]
     if not args.report_only:
         run_jobs(jobs, args.dir, args.jobs, deadline, log)
     runs = [r for job in jobs if (r := run_figures(job, args.dir))]
-    out: dict = {"machine": MACHINE, "budget": args.budget, "seeds": seeds, "runs": runs}
+    out: dict = {"machine": MACHINE, "budget": args.budget, "seeds": seeds,
+                 "sgemm_shape": args.sgemm_shape or "4096x4096x4096", "runs": runs}
     if "sgemm" in sections:
         out["sgemm_modes"] = compare_modes([r for r in runs if r["task"] == "sgemm"], modes)
     if "attention" in sections:
@@ -229,7 +233,7 @@ def print_tables(out: dict) -> None:
                       str(r["best_pct_of_roofline"]), str(r["speedup_vs_handwritten"] or "-"), str(r["best_family"]))
         console.print(t)
     if out.get("sgemm_modes"):
-        t = Table(title=f"sgemm 4096^3 on {out['machine']}: search modes, mean \\[min, max] over seeds")
+        t = Table(title=f"sgemm {out['sgemm_shape']} on {out['machine']}: search modes, mean \\[min, max] over seeds")
         cols = ["mode", "runs (complete)", "speedup vs hand-written", "% of FP32-eq peak"] + \
             [f"after {n}" for n in CHECKPOINTS if any(f"speedup_after_{n}" in r for r in out["sgemm_modes"])]
         for col in cols:

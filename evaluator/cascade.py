@@ -8,6 +8,7 @@ Identical (source, task, machine, shape) is evaluated once (EvalCache).
 from __future__ import annotations
 
 import hashlib
+import os
 import json
 import time
 from dataclasses import dataclass
@@ -58,7 +59,7 @@ class EvalCache:
     def put(self, key: str, result: EvalResult) -> None:
         self._memory[key] = result
         if self._dir:
-            tmp = self._dir / f"{key}.json.tmp"
+            tmp = self._dir / f"{key}.{os.getpid()}.tmp"      # unique: runs may share a cache directory
             tmp.write_text(result.model_dump_json())
             tmp.replace(self._dir / f"{key}.json")
 
