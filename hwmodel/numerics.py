@@ -41,8 +41,13 @@ def cube_matmul(acc: np.ndarray | None, a: np.ndarray, b: np.ndarray, rounding: 
         b64 = np.pad(b64, ((0, pad), (0, 0)))
     partial = np.matmul(a64.reshape(m, groups, group_k).transpose(1, 0, 2), b64.reshape(groups, group_k, n))
     out = np.zeros((m, n), np.float32) if acc is None else acc.astype(np.float32)
+    exact = np.empty((m, n), np.float64)
     for g in range(groups):
-        out = round_fp32(out.astype(np.float64) + partial[g], rounding)
+        np.add(out, partial[g], out=exact)          # fp32 accumulator + exact group sum, in float64
+        if rounding == "rne":
+            out[...] = exact                        # one rounding to nearest-even, in place
+        else:
+            out = round_fp32(exact, rounding)
     return out
 
 
