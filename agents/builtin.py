@@ -15,11 +15,12 @@ from hwmodel.errors import HwError
 from hwmodel.loader import load_kernel_source
 from hwmodel.simulate import declare
 from hwmodel.spec import MachineSpec
-from strategies.evolution import Elites, crossover, mutate, random_strategy
+from strategies.evolution import Elites, crossover, local_step, mutate, random_strategy
 from strategies.families import FAMILIES, families_for
 from strategies.strategy import Strategy
 
 CROSSOVER_RATE = 0.35
+LOCAL_RATE = 0.4          # share of proposals that step one knob of the best strategy (both search modes)
 
 
 MAX_PROPOSALS = 25
@@ -79,6 +80,8 @@ class BuiltinBackend:
         if self.mode == "random" or not elites.cells:
             families = [FAMILIES[c[0]] for c in elites.cells] or list(FAMILIES.values())
             return random_strategy(families[int(rng.integers(0, len(families)))], rng)
+        if rng.random() < LOCAL_RATE:                 # exploit: a neighbour of the incumbent best
+            return local_step(elites.best()[0], rng)
         parent = elites.select(rng)
         if self.mode == "strategy" and len(elites.cells) > 1 and rng.random() < CROSSOVER_RATE:
             other = elites.select(rng)

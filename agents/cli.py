@@ -267,6 +267,7 @@ def run(
         console.print(f"run [bold]{run_id}[/]: {config.task} on {config.machine} at {config.shape}, budget "
                       f"{config.budget}, seed {config.seed}, archive {archive_path}")
     stopped = False
+    run_cli.stop_on_signals()
     try:
         summary = run_cli.execute(store, run_id, config, spec, console, quiet)
         store.set_status(run_id, "done")

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import signal
 from pathlib import Path
 
 import typer
@@ -89,6 +90,15 @@ def _archive_flag(d: dict) -> str:
 
 def report_json(summary: RunSummary, archive: Archive) -> str:
     return json.dumps(summary_dict(summary, archive))
+
+
+def stop_on_signals() -> None:
+    """Ctrl-C and SIGTERM both stop a run cleanly (the evaluation in flight is the most lost),
+    also when the shell started it with SIGINT ignored (a background job)."""
+    def stop(signum, frame):
+        raise KeyboardInterrupt
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, stop)
 
 
 def interrupted_summary(archive: Archive, run_id: str) -> RunSummary:

@@ -8,7 +8,7 @@ strategy-coordinated search against its ablations, and evolved attention.
 Each (task, mode, seed) is one `cubepilot run` in its own SQLite archive under --dir, run as
 a subprocess, --jobs at a time. A run found in its archive is resumed where it stopped (or
 only summarized when complete), so the benchmark can be stopped and started again without
-losing evaluations; --deadline stops the runs cleanly (SIGINT: the evaluation in flight is
+losing evaluations; --deadline stops the runs cleanly (SIGTERM: the evaluation in flight is
 the most that is lost) and the tables then say which runs are incomplete.
 
 Sections:
@@ -86,7 +86,8 @@ def command(job: Job, root: Path) -> list[str] | None:
 
 
 def run_jobs(jobs: list[Job], root: Path, parallel: int, deadline: float | None, log) -> None:
-    """Run the jobs' subprocesses, `parallel` at a time; at the deadline, SIGINT the live ones."""
+    """Run the jobs' subprocesses, `parallel` at a time; at the deadline (or on Ctrl-C / SIGTERM
+    of this process), SIGTERM the live ones: they stop cleanly and resume on the next call."""
     root.mkdir(parents=True, exist_ok=True)
     queue = [(job, cmd) for job in jobs if (cmd := command(job, root)) is not None]
     live: list[tuple[Job, subprocess.Popen]] = []
@@ -97,12 +98,15 @@ def run_jobs(jobs: list[Job], root: Path, parallel: int, deadline: float | None,
             log(f"start {job.name}")
             live.append((job, subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL,
                                                stderr=open(root / f"{job.name}.log", "a"))))
-        time.sleep(1.0)
+        try:
+            time.sleep(1.0)
+        except KeyboardInterrupt:
+            deadline = 0.0
         if deadline is not None and time.time() > deadline and not stopping:
             stopping = True
             log("deadline reached: stopping the runs (they resume on the next call)")
             for _, proc in live:
-                proc.send_signal(signal.SIGINT)
+                proc.send_signal(signal.SIGTERM)
             queue.clear()
         for job, proc in list(live):
             if proc.poll() is not None:
@@ -188,6 +192,8 @@ def main() -> None:
     parser.add_argument("--deadline", type=float, default=None, help="stop the runs after this many seconds")
     parser.add_argument("--report-only", action="store_true", help="only read the archives, start nothing")
     args = parser.parse_args()
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     sections = args.sections.split(",")
     seeds = [int(s) for s in args.seeds.split(",")]
     modes = args.modes.split(",")

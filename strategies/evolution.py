@@ -2,7 +2,8 @@
 
 Elites keeps, per MAP-Elites cell (family x buffering x core mapping), the fastest correct
 strategy, and the Pareto front of time and error for approximate tasks. Operators work on
-knobs: mutation changes one or two, crossover mixes two parents (across families it carries
+knobs: mutation changes one or two, a local step moves one knob of an elite to an adjacent
+value, crossover mixes two parents (across families it carries
 over the knobs both understand: tiles, buffering, swizzle), random draws a fresh point.
 """
 from __future__ import annotations
@@ -76,6 +77,19 @@ def mutate(parent: Strategy, rng: np.random.Generator) -> Strategy:
     names = sorted(family.space)
     for name in rng.choice(names, size=min(len(names), int(rng.integers(1, 3))), replace=False):
         knobs[str(name)] = _neighbour(family.space[str(name)], knobs.get(str(name)), rng)
+    return family.strategy(knobs, parents=(parent.id,), origin="mutation")
+
+
+def local_step(parent: Strategy, rng: np.random.Generator) -> Strategy:
+    """One knob moved to an adjacent value (pattern search around an elite)."""
+    family = FAMILIES[parent.family]
+    knobs = dict(parent.knobs)
+    movable = sorted(n for n, v in family.space.items() if len(v) > 1)
+    name = movable[int(rng.integers(0, len(movable)))]
+    values = family.space[name]
+    i = values.index(knobs[name]) if knobs.get(name) in values else 0
+    step = int(rng.choice([-1, 1])) if 0 < i < len(values) - 1 else (1 if i == 0 else -1)
+    knobs[name] = values[i + step]
     return family.strategy(knobs, parents=(parent.id,), origin="mutation")
 
 

@@ -7,7 +7,7 @@ import pytest
 from evaluator.result import EvalResult, EvalStatus
 from hwmodel.loader import knob_names
 from strategies.archive import Archive, RunConfig
-from strategies.evolution import Elites, cell_of, crossover, mutate, random_strategy
+from strategies.evolution import Elites, cell_of, crossover, local_step, mutate, random_strategy
 from strategies.families import FAMILIES, families_for
 from strategies.render import render
 
@@ -93,3 +93,16 @@ def test_archive_round_trip_and_resume_state(tmp_path):
     assert again.source(rows[0].kernel_hash) == "source text"
     with pytest.raises(KeyError, match="no run"):
         again.run_config("missing")
+
+
+def test_local_step_moves_exactly_one_knob_to_an_adjacent_value():
+    family = FAMILIES["sgemm_cube"]
+    parent = family.strategy()
+    rng = np.random.default_rng(5)
+    for _ in range(50):
+        child = local_step(parent, rng)
+        changed = [k for k in family.space if child.knobs[k] != parent.knobs[k]]
+        assert len(changed) == 1, changed
+        values = family.space[changed[0]]
+        assert abs(values.index(child.knobs[changed[0]]) - values.index(parent.knobs[changed[0]])) == 1
+        assert child.parents == (parent.id,)
