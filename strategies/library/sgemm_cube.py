@@ -20,11 +20,12 @@ ON_THE_FLY = False         # split each K-panel in UB on its way to L1 instead o
 SPLIT_SLOTS = 2            # ring depth of the split staging in UB (hides GM latency of the chunk loads)
 
 
-def split_rows(k, src, hi, lo, stage, halves_hi, halves_lo, counter):
-    """Split this core's share of row-chunks of src (fp32, GM) into hi/lo (fp16, GM)."""
+def split(k, src, hi, lo, stage, halves_hi, halves_lo, counter, share=(0, 1)):
+    """Split src (fp32, GM) chunk by chunk in UB into hi/lo (fp16, in GM or L1); `share` =
+    (first, step) picks the chunks this core does (phase 1 spreads them over the cores)."""
     rows, cols = src.shape
     chunks = [(r, c) for r in range(0, rows, SPLIT_ROWS) for c in range(0, cols, SPLIT_COLS)]
-    for r, c in chunks[k.core_id::k.num_cores]:
+    for r, c in chunks[share[0]::share[1]]:
         nr, nc = min(SPLIT_ROWS, rows - r), min(SPLIT_COLS, cols - c)
         x = counter % SPLIT_SLOTS
         counter += 1
@@ -32,21 +33,6 @@ def split_rows(k, src, hi, lo, stage, halves_hi, halves_lo, counter):
         k.split_fp16(halves_hi[x][:nr, :nc], halves_lo[x][:nr, :nc], stage[x][:nr, :nc], SHIFT)
         k.copy(hi[r:r + nr, c:c + nc], halves_hi[x][:nr, :nc])
         k.copy(lo[r:r + nr, c:c + nc], halves_lo[x][:nr, :nc])
-    return counter
-
-
-def load_split(k, src, hi_l1, lo_l1, stage, halves_hi, halves_lo, counter):
-    """Split an fp32 GM panel chunk by chunk in UB into the fp16 hi/lo panels in L1."""
-    rows, cols = src.shape
-    for r in range(0, rows, SPLIT_ROWS):
-        for c in range(0, cols, SPLIT_COLS):
-            nr, nc = min(SPLIT_ROWS, rows - r), min(SPLIT_COLS, cols - c)
-            x = counter % SPLIT_SLOTS
-            counter += 1
-            k.copy(stage[x][:nr, :nc], src[r:r + nr, c:c + nc])
-            k.split_fp16(halves_hi[x][:nr, :nc], halves_lo[x][:nr, :nc], stage[x][:nr, :nc], SHIFT)
-            k.copy(hi_l1[r:r + nr, c:c + nc], halves_hi[x][:nr, :nc])
-            k.copy(lo_l1[r:r + nr, c:c + nc], halves_lo[x][:nr, :nc])
     return counter
 
 
@@ -67,8 +53,9 @@ def kernel(k, a, b, c):
         # ---- phase 1: split A and B into fp16 halves in GM
         a_hi, a_lo = k.workspace((M, K), "fp16", "a_hi"), k.workspace((M, K), "fp16", "a_lo")
         b_hi, b_lo = k.workspace((K, N), "fp16", "b_hi"), k.workspace((K, N), "fp16", "b_lo")
-        n = split_rows(k, a, a_hi, a_lo, stage, halves_hi, halves_lo, 0)
-        split_rows(k, b, b_hi, b_lo, stage, halves_hi, halves_lo, n)
+        mine = (k.core_id, k.num_cores)
+        n = split(k, a, a_hi, a_lo, stage, halves_hi, halves_lo, 0, mine)
+        split(k, b, b_hi, b_lo, stage, halves_hi, halves_lo, n, mine)
         k.barrier()
     # ---- phase 2: three-term GEMM on the cube
     a_hi_l1 = ring(k, "L1", (BM, BK1), "fp16", "a_hi_l1")
@@ -89,10 +76,10 @@ def kernel(k, a, b, c):
             x1 = s1 % SLOTS
             s1 += 1
             if ON_THE_FLY:
-                ss = load_split(k, a[i:i + m, kk1:kk1 + kl1], a_hi_l1[x1][:m, :kl1], a_lo_l1[x1][:m, :kl1],
-                                stage, halves_hi, halves_lo, ss)
-                ss = load_split(k, b[kk1:kk1 + kl1, j:j + n], b_hi_l1[x1][:kl1, :n], b_lo_l1[x1][:kl1, :n],
-                                stage, halves_hi, halves_lo, ss)
+                ss = split(k, a[i:i + m, kk1:kk1 + kl1], a_hi_l1[x1][:m, :kl1], a_lo_l1[x1][:m, :kl1],
+                           stage, halves_hi, halves_lo, ss)
+                ss = split(k, b[kk1:kk1 + kl1, j:j + n], b_hi_l1[x1][:kl1, :n], b_lo_l1[x1][:kl1, :n],
+                           stage, halves_hi, halves_lo, ss)
             else:
                 k.copy(a_hi_l1[x1][:m, :kl1], a_hi[i:i + m, kk1:kk1 + kl1])
                 k.copy(a_lo_l1[x1][:m, :kl1], a_lo[i:i + m, kk1:kk1 + kl1])
