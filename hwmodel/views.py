@@ -37,6 +37,7 @@ class TensorDecl:
 
 
 _KEEP2 = (True, True)
+_new_view = object.__new__
 
 
 class View:
@@ -92,8 +93,12 @@ class View:
                 t1 = e1 if k1.stop is None or k1.stop > e1 else k1.stop
                 if 0 <= s0 < t0 and 0 <= s1 < t1 and type(s0) is int and type(s1) is int and type(t0) is int \
                         and type(t1) is int:
-                    return View(self.space, self.base, self.slot, (o0 + s0, o1 + s1), (t0 - s0, t1 - s1), keep,
-                                self.dtype)
+                    v = _new_view(View)                 # same storage: copy fields, skip __init__
+                    v.space, v.base, v.slot, v.dtype, v.key, v.keep = (self.space, self.base, self.slot,
+                                                                       self.dtype, self.key, keep)
+                    v.offset = (o0 + s0, o1 + s1)
+                    v.shape = v.extent = (t0 - s0, t1 - s1)
+                    return v
         visible = [d for d, k in enumerate(keep) if k]
         if len(key) > len(visible):
             raise BoundsError(f"too many indices ({len(key)}) for a view of shape {self.shape}")
