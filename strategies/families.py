@@ -66,9 +66,13 @@ def _attention_tags(knobs: dict[str, Any]) -> dict[str, str]:
 
 
 def _attention(name: str, task: str, summary: str, space: dict, extra: dict[str, str]) -> Family:
-    causal = name.endswith("_causal")
+    """Causal entries render their base family's module with CAUSAL = True; the LUT-exp family
+    is attention_flash with EXP_LUT = True."""
+    base = name.removesuffix("_causal")
+    fixed = (("EXP_LUT", True),) if base == "attention_lut" else ()
+    fixed += (("CAUSAL", True),) if name.endswith("_causal") else ()
     return Family(name, task, summary, space, lambda k: {**_attention_tags(k), **extra},
-                  module=name.removesuffix("_causal"), fixed=(("CAUSAL", True),) if causal else ())
+                  module="attention_flash" if base == "attention_lut" else base, fixed=fixed)
 
 
 _FLASH_SPACE = {"BQ": (32, 64, 128), "BKV": (128, 256, 512), "D_STEP": (32, 64), "KV_STEP": (32, 64, 128),

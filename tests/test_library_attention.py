@@ -34,22 +34,32 @@ def test_attention_kernel_is_accepted(name: str, task: str, shape: str):
 
 @pytest.mark.parametrize("name", BASES)
 def test_causal_entry_is_the_base_kernel_with_causal_set(name: str):
-    """The causal families render the base module with CAUSAL = True: one source, two entries."""
-    base = kernel_path(name).read_text()
+    """The causal families render the base family's source with CAUSAL = True: one source, two entries."""
+    base = FAMILIES[name].source
     assert re.search(r"^CAUSAL = False ", base, re.M), f"{name} must default to CAUSAL = False"
     causal = FAMILIES[f"{name}_causal"].source
-    assert re.search(r"^CAUSAL = True ", causal, re.M) and FAMILIES[name].source == base
+    assert re.search(r"^CAUSAL = True ", causal, re.M)
+    assert FAMILIES[name].fixed or base == kernel_path(name).read_text()
     assert [a for a, b in zip(base.splitlines(), causal.splitlines()) if a != b] == \
         [line for line in base.splitlines() if line.startswith("CAUSAL = ")]
 
 
 def test_lut_error_is_above_exact_exp_but_within_budget():
     task, machine, shape = get_task("attention"), load_machine("ascend-910a"), (1, 2, 512, 128)
-    exact, lut = (evaluate(kernel_path(name).read_text(), task, machine, shape, EvalConfig(seed=9))
+    exact, lut = (evaluate(FAMILIES[name].source, task, machine, shape, EvalConfig(seed=9))
                   for name in ("attention_flash", "attention_lut"))
     assert exact.ok and lut.ok, (exact.message, lut.message)
     assert lut.errors["normal"] > exact.errors["normal"]       # the table's approximation shows
     assert max(lut.errors.values()) < 1.5e-3                   # and leaves half the 3e-3 budget
+
+
+def test_lut_entry_is_flash_with_the_table_exp():
+    """The LUT-exp family renders attention_flash with EXP_LUT = True, not a copy of it."""
+    flash, lut = FAMILIES["attention_flash"].source, FAMILIES["attention_lut"].source
+    assert FAMILIES["attention_flash"].source == kernel_path("attention_flash").read_text()
+    assert re.search(r"^EXP_LUT = False ", flash, re.M) and re.search(r"^EXP_LUT = True ", lut, re.M)
+    assert [b for a, b in zip(flash.splitlines(), lut.splitlines()) if a != b] == \
+        [line for line in lut.splitlines() if line.startswith("EXP_LUT = ")]
 
 
 def test_xyserve_retiles_for_a_smaller_unified_buffer():

@@ -11,7 +11,18 @@ t+1 is on the cube while the vector unit does the softmax of block t, and the O 
 block t-1 trails it; staging buffers are rings of SLOTS. CAUSAL skips key blocks past the
 diagonal and adds a -inf-like triangle (built once per core from two rank-16 cube products
 and a step LUT) on the diagonal blocks. Ragged lengths are handled by slicing: nothing is
-padded in GM. attention_flash_causal.py is this file with CAUSAL = True.
+padded in GM. The causal families are this file with CAUSAL = True.
+
+EXP_LUT (the GQA-LUT recipe, its own family): P = exp(S - m) comes from k.lut, a
+piecewise-linear table covering S - m in [-LUT_RANGE, 0] (the only range where exp(S - m)
+matters once the running max is subtracted; below it P is 0) with LUT_SEGMENTS pieces whose
+breakpoints are spaced evenly in exp(LUT_SPACING·x/2) (denser near 0, where P is large) and
+rounded to fp16; each piece is the minimax chord, then its slope and intercept are searched
+within LUT_SEARCH fp16 ulps of their rounded values for the least error after quantization
+(the quantization-aware step of GQA-LUT). The table is built in plain Python from the knobs
+(a few ms). The LUT takes fewer vector passes than exp; its error counts against the task
+budget: at 48 pieces the relative output error stays under about 1e-3 (budget 3e-3; about
+1.7e-3 at 32 pieces, 5e-4 at 63).
 """
 import math
 
@@ -22,6 +33,48 @@ KV_STEP = 64               # key chunk of P (L0A) and V (L0B) per slot (P V accu
 SLOTS = 2                  # ring depth of the staging buffers (1 = single buffered)
 CAUSAL = False             # mask keys after the query position (the attention-causal task)
 MASK_VALUE = -30000.0      # added to masked logits: exp underflows to exactly 0
+EXP_LUT = False            # exp from a piecewise-linear table (k.lut) instead of k.exp
+LUT_SEGMENTS = 48          # linear pieces of exp on [-LUT_RANGE, 0] (at most 63: 64 breakpoints)
+LUT_RANGE = 10.0           # exp(x) below -LUT_RANGE is taken as 0
+LUT_SPACING = 0.6          # breakpoints even in exp(LUT_SPACING·x/2): 1 = equal absolute error, near 0 = even in x
+LUT_SEARCH = 2             # fp16 ulps searched around each rounded slope and intercept
+
+
+def fp16(x):
+    """x rounded to the nearest fp16 value (ties to even), as a float."""
+    if x == 0:
+        return 0.0
+    quantum = 2.0 ** max(math.frexp(x)[1] - 11, -24)
+    return round(x / quantum) * quantum
+
+
+def fp16_near(x, ulps):
+    """The fp16 values within `ulps` steps of fp16(x)."""
+    c = fp16(x)
+    quantum = 2.0 ** max(math.frexp(c)[1] - 11, -24) if c else 2.0 ** -24
+    return sorted({fp16(c + d * quantum) for d in range(-ulps, ulps + 1)})
+
+
+def exp_table():
+    """(breakpoints, slopes, intercepts) of the piecewise-linear exp on x <= 0, all fp16 values."""
+    lo = math.exp(-LUT_SPACING * LUT_RANGE / 2)
+    cuts = {fp16(2 / LUT_SPACING * math.log(lo + (1 - lo) * i / LUT_SEGMENTS)) for i in range(LUT_SEGMENTS)}
+    breakpoints = sorted(cuts - {0.0}) + [0.0]
+    slopes, intercepts = [0.0], [0.0]                       # below the table: exp is 0
+    for a, b in zip(breakpoints, breakpoints[1:]):
+        points = [(x, math.exp(x)) for x in (a + (b - a) * t / 16 for t in range(17))]
+        slope = (math.exp(b) - math.exp(a)) / (b - a)
+        intercept = math.exp(a) - slope * a
+        intercept -= max(slope * x + intercept - y for x, y in points) / 2    # minimax: centre the chord
+        best = None
+        for s in fp16_near(slope, LUT_SEARCH):
+            for c in fp16_near(intercept, LUT_SEARCH):
+                err = max(abs(s * x + c - y) for x, y in points)
+                if best is None or err < best[0]:
+                    best = (err, s, c)
+        slopes.append(best[1])
+        intercepts.append(best[2])
+    return breakpoints, slopes + [0.0], intercepts + [1.0]  # x >= 0 (the row max itself): 1
 
 
 def ring(k, space, shape, dtype, name, count=SLOTS):
@@ -133,6 +186,7 @@ def kernel(k, q, key, v, o):
                        k.alloc("L1", (BQ, 48), "fp16", name="iota_l1"), q_l0[0][:, 0:16], p_l0[0][:, 0:16],
                        k_l0[0][:width, 0:16], v_l0[0][:width, 0:16], s_acc[0][:, :width], s_ub[:, :width])
     d_chunks, v_chunks = -(-D // D_STEP), -(-BKV // KV_STEP)
+    exp_lut = exp_table() if EXP_LUT else None   # built from the knobs on every call: no state between calls
 
     def scores(t):
         """Stage A: (Q of a new item,) K_t and V_t to L1; S_t = Q K_tᵀ on the cube."""
@@ -153,7 +207,7 @@ def kernel(k, q, key, v, o):
                   transpose_b=True)
 
     def softmax(t):
-        """Stage B: m_t = max(m_t-1, rowmax S_t); P_t = exp(S_t - m_t); l_t = l_t-1·alpha_t + rowsum P_t."""
+        """Stage B: m_t = max(m_t-1, rowmax S_t); P_t = exp(S_t - m_t) (or the LUT's); l_t = l_t-1·alpha_t + rowsum P_t."""
         i, j, (_, n, delta) = steps[t]
         m, x, cur, prev = min(BQ, S - mine[i][2]), t % SLOTS, t % 2, (t - 1) % 2
         s = s_ub[:m, :n]
@@ -167,7 +221,10 @@ def kernel(k, q, key, v, o):
             k.sub(alpha_ub[cur][:m, :], m_ub[prev][:m, :], mj)
             k.exp(alpha_ub[cur][:m, :], alpha_ub[cur][:m, :])
         k.sub(s, s, mj)
-        k.exp(s, s)
+        if EXP_LUT:
+            k.lut(s, s, *exp_lut)
+        else:
+            k.exp(s, s)
         k.reduce_sum(l_ub[cur][:m, :], s)
         if j > 0:
             k.mla(l_ub[cur][:m, :], l_ub[prev][:m, :], alpha_ub[cur][:m, :])
