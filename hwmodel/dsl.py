@@ -96,6 +96,15 @@ class Kernel:
     # ------------------------------------------------------------ allocation
     def alloc(self, space: str, shape: Sequence[int], dtype: str, count: int = 1, name: str = "") -> View | Ring:
         """Allocate `count` slots of `shape` in `space`; count > 1 returns a ring indexed by slot."""
+        decl = self._declare(space, shape, dtype, count, name)
+        return Ring(decl) if count > 1 else View.whole(space, decl.id, 0, decl.shape, dtype)
+
+    def ring(self, space: str, shape: Sequence[int], dtype: str, name: str = "", count: int = 2) -> Ring:
+        """A ring of `count` slots, indexed by slot number even when count is 1 (so a kernel's
+        buffering depth can be a knob: buf[i % SLOTS] works for SLOTS = 1 too)."""
+        return Ring(self._declare(space, shape, dtype, count, name))
+
+    def _declare(self, space: str, shape: Sequence[int], dtype: str, count: int, name: str) -> BufferDecl:
         machine = self._machine
         if space not in machine.memories:
             raise HwError(f"alloc: {machine.name} has no on-chip memory {space!r}; "
@@ -117,7 +126,7 @@ class Kernel:
         self._used[space] += need
         decl = BufferDecl(len(self._buffers), space, shape, dtype, int(count), name)
         self._buffers.append(decl)
-        return Ring(decl) if count > 1 else View.whole(space, decl.id, 0, shape, dtype)
+        return decl
 
     def workspace(self, shape: Sequence[int], dtype: str, name: str = "") -> View:
         """A GM scratch tensor shared by all cores (write it, k.barrier(), then read it)."""

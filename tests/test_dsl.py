@@ -116,3 +116,26 @@ def test_kernel_mistakes_raise_hw_error(body):
     with pytest.raises(HwError):
         trace(lambda k, a, c: body(k), "ascend-910a", TensorArg("a", (16, 16), "fp16"),
               TensorArg("c", (16, 16), "fp32", "output"))
+
+
+@pytest.mark.parametrize("count", [1, 2, 3])
+def test_ring_is_indexed_by_slot_for_any_depth(count):
+    """k.ring returns a slot-indexed ring even for one slot, so buffering depth can be a knob;
+    its slots are the views alloc would give, and it is charged like alloc."""
+    seen = {}
+
+    def kernel(k, a, c):
+        r = k.ring("UB", (16, 16), "fp32", "stage", count)
+        seen["slots"] = [r[i % count] for i in range(2 * count)]
+        seen["len"] = len(r)
+        seen["free"] = k.capacity("UB")
+        k.copy(r[0], a)
+        k.copy(c, r[count - 1])
+
+    trace(kernel, "ascend-910a", TensorArg("a", (16, 16), "fp32"), TensorArg("c", (16, 16), "fp32", "output"))
+    assert seen["len"] == count
+    assert seen["free"] == machine("ascend-910a").memories["UB"].capacity_bytes - count * 16 * 16 * 4
+    assert {v.slot for v in seen["slots"]} == set(range(count)) and all(v.shape == (16, 16) for v in seen["slots"])
+    with pytest.raises(HwError, match="UB"):       # the capacity check is alloc's
+        trace(lambda k, a, c: k.ring("UB", (1024, 1024), "fp32", "big", count), "ascend-910a",
+              TensorArg("a", (16, 16), "fp32"), TensorArg("c", (16, 16), "fp32", "output"))

@@ -89,12 +89,6 @@ def plan(k, B, H, S, D):
     return best[1:]
 
 
-def ring(k, space, shape, dtype, name, count=SLOTS):
-    """A ring of `count` buffers, indexable by slot even when count == 1."""
-    buf = k.alloc(space, shape, dtype, count=count, name=name)
-    return buf if count > 1 else [buf]
-
-
 def balance(items, costs, core, cores):
     """This core's items: longest first, each to the least-loaded core (round-robin when equal)."""
     if len(set(costs)) <= 1:
@@ -166,22 +160,22 @@ def kernel(k, q, key, v, o):
     BQ, BKV, D_STEP, KV_STEP = plan(k, B, H, S, D)
     scale = 1.0 / math.sqrt(D)
     # ---- buffers: staging rings of SLOTS; o/m/l/alpha hold the previous and current block
-    q_ub, q_l1 = ring(k, "UB", (BQ, D), "fp16", "q_ub"), ring(k, "L1", (BQ, D), "fp16", "q_l1")
-    k_l1, v_l1 = ring(k, "L1", (BKV, D), "fp16", "k_l1"), ring(k, "L1", (BKV, D), "fp16", "v_l1")
-    p_l1 = ring(k, "L1", (BQ, BKV), "fp16", "p_l1")
-    q_l0 = ring(k, "L0A", (BQ, D), "fp16", "q_l0a")
-    p_l0 = ring(k, "L0A", (BQ, KV_STEP), "fp16", "p_l0a")
-    k_l0 = ring(k, "L0B", (BKV, D_STEP), "fp16", "k_l0b")
-    v_l0 = ring(k, "L0B", (KV_STEP, D), "fp16", "v_l0b")
-    s_acc = ring(k, "L0C", (BQ, BKV), "fp32", "s_l0c")
-    pv_acc = ring(k, "L0C", (BQ, D), "fp32", "pv_l0c")
+    q_ub, q_l1 = k.ring("UB", (BQ, D), "fp16", "q_ub", SLOTS), k.ring("L1", (BQ, D), "fp16", "q_l1", SLOTS)
+    k_l1, v_l1 = k.ring("L1", (BKV, D), "fp16", "k_l1", SLOTS), k.ring("L1", (BKV, D), "fp16", "v_l1", SLOTS)
+    p_l1 = k.ring("L1", (BQ, BKV), "fp16", "p_l1", SLOTS)
+    q_l0 = k.ring("L0A", (BQ, D), "fp16", "q_l0a", SLOTS)
+    p_l0 = k.ring("L0A", (BQ, KV_STEP), "fp16", "p_l0a", SLOTS)
+    k_l0 = k.ring("L0B", (BKV, D_STEP), "fp16", "k_l0b", SLOTS)
+    v_l0 = k.ring("L0B", (KV_STEP, D), "fp16", "v_l0b", SLOTS)
+    s_acc = k.ring("L0C", (BQ, BKV), "fp32", "s_l0c", SLOTS)
+    pv_acc = k.ring("L0C", (BQ, D), "fp32", "pv_l0c", SLOTS)
     out_ub = k.alloc("UB", (BQ, D), "fp16", name="out_ub")       # O in fp16, to GM
     s_ub = k.alloc("UB", (BQ, BKV), "fp32", name="s_ub")         # S, then P in fp32
     p_ub = k.alloc("UB", (BQ, BKV), "fp16", name="p_ub")
-    o_ub = ring(k, "UB", (BQ, D), "fp32", "o_ub", 2)
-    m_ub = ring(k, "UB", (BQ, 1), "fp32", "m_ub", 2)             # running row max
-    l_ub = ring(k, "UB", (BQ, 1), "fp32", "l_ub", 2)             # running row sum
-    alpha_ub = ring(k, "UB", (BQ, 1), "fp32", "alpha_ub", 2)     # exp(m_old - m_new)
+    o_ub = k.ring("UB", (BQ, D), "fp32", "o_ub", 2)
+    m_ub = k.ring("UB", (BQ, 1), "fp32", "m_ub", 2)             # running row max
+    l_ub = k.ring("UB", (BQ, 1), "fp32", "l_ub", 2)             # running row sum
+    alpha_ub = k.ring("UB", (BQ, 1), "fp32", "alpha_ub", 2)     # exp(m_old - m_new)
 
     items = [(b, h, q0) for b in range(B) for h in range(H) for q0 in range(0, S, BQ)]
     costs = [sum(n for _, n, _ in key_blocks(q0, min(BQ, S - q0), S, BKV)) + BKV for (_, _, q0) in items]

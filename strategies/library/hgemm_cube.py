@@ -10,16 +10,11 @@ DRAIN_ROWS = 64            # rows of the accumulator moved to UB at a time
 GROUP = 2                  # block swizzle (as in CANN's basic matmul): bands of GROUP tile-rows
 
 
-def ring(k, space, shape, name):
-    buf = k.alloc(space, shape, "fp16", count=SLOTS, name=name)
-    return buf if SLOTS > 1 else [buf]
-
-
 def kernel(k, a, b, c):
     M, K = a.shape
     N = b.shape[1]
-    a_l1, b_l1 = ring(k, "L1", (BM, BK1), "a_l1"), ring(k, "L1", (BK1, BN), "b_l1")
-    a_l0, b_l0 = ring(k, "L0A", (BM, BK), "a_l0a"), ring(k, "L0B", (BK, BN), "b_l0b")
+    a_l1, b_l1 = k.ring("L1", (BM, BK1), "fp16", "a_l1", SLOTS), k.ring("L1", (BK1, BN), "fp16", "b_l1", SLOTS)
+    a_l0, b_l0 = k.ring("L0A", (BM, BK), "fp16", "a_l0a", SLOTS), k.ring("L0B", (BK, BN), "fp16", "b_l0b", SLOTS)
     acc = k.alloc("L0C", (BM, BN), "fp32", name="acc")
     direct = k.has_path("L0C", "GM")     # split-core chips drain through FixPipe
     out = None if direct else k.alloc("UB", (DRAIN_ROWS, BN), "fp32", count=SLOTS, name="out_ub")

@@ -13,12 +13,6 @@ GROUP = 2                  # block swizzle: bands of GROUP tile-rows
 CAST_ROWS, CAST_COLS = 16, 512   # phase-1 chunk converted per vector pass
 
 
-def ring(k, space, shape, dtype, name):
-    """A ring of SLOTS buffers, indexable by slot even when SLOTS == 1."""
-    buf = k.alloc(space, shape, dtype, count=SLOTS, name=name)
-    return buf if SLOTS > 1 else [buf]
-
-
 def cast_to_fp16(k, jobs, stage, half):
     """Each job (src, dst, r, c, rows, cols): GM fp32 chunk -> UB -> fp16 -> GM."""
     for step, (src, dst, r, c, nr, nc) in enumerate(jobs):
@@ -39,17 +33,17 @@ def kernel(k, a, b, c):
     N = b.shape[1]
     # ---- phase 1: fp16 copies of A and B in GM
     a16, b16 = k.workspace((M, K), "fp16", "a_fp16"), k.workspace((K, N), "fp16", "b_fp16")
-    stage = ring(k, "UB", (CAST_ROWS, CAST_COLS), "fp32", "stage")
-    half = ring(k, "UB", (CAST_ROWS, CAST_COLS), "fp16", "half")
+    stage = k.ring("UB", (CAST_ROWS, CAST_COLS), "fp32", "stage", SLOTS)
+    half = k.ring("UB", (CAST_ROWS, CAST_COLS), "fp16", "half", SLOTS)
     jobs = chunks(a, a16) + chunks(b, b16)
     cast_to_fp16(k, jobs[k.core_id::k.num_cores], stage, half)
     k.barrier()
     # ---- phase 2: native FP16 GEMM with fp32 accumulation
-    a_l1, b_l1 = ring(k, "L1", (BM, BK1), "fp16", "a_l1"), ring(k, "L1", (BK1, BN), "fp16", "b_l1")
-    a_l0, b_l0 = ring(k, "L0A", (BM, BK), "fp16", "a_l0a"), ring(k, "L0B", (BK, BN), "fp16", "b_l0b")
+    a_l1, b_l1 = k.ring("L1", (BM, BK1), "fp16", "a_l1", SLOTS), k.ring("L1", (BK1, BN), "fp16", "b_l1", SLOTS)
+    a_l0, b_l0 = k.ring("L0A", (BM, BK), "fp16", "a_l0a", SLOTS), k.ring("L0B", (BK, BN), "fp16", "b_l0b", SLOTS)
     acc = k.alloc("L0C", (BM, BN), "fp32", name="acc")
     direct = k.has_path("L0C", "GM")     # split-core chips drain through FixPipe
-    out = None if direct else ring(k, "UB", (DRAIN_ROWS, BN), "fp32", "out_ub")
+    out = None if direct else k.ring("UB", (DRAIN_ROWS, BN), "fp32", "out_ub", SLOTS)
     s1 = s0 = so = 0
     for i, j in k.tiles((M, N), (BM, BN), group=GROUP):
         m, n = min(BM, M - i), min(BN, N - j)

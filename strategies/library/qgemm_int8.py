@@ -16,12 +16,6 @@ DRAIN_ROWS = 16            # accumulator rows dequantized at a time (a multiple 
 GROUP = 1                  # tile-order swizzle: bands of GROUP tile-rows
 
 
-def ring(k, space, shape, dtype, name):
-    """A ring of SLOTS buffers, indexable by slot even when SLOTS == 1."""
-    buf = k.alloc(space, shape, dtype, count=SLOTS, name=name)
-    return buf if SLOTS > 1 else [buf]
-
-
 def quantize_strip(k, src, dst, scale_gm, strip, chunks, stage, q_ub, amax, part, step):
     """Two passes over one strip of src: absmax per row/column -> scale, then quantize.
 
@@ -57,10 +51,10 @@ def kernel(k, a, b, c):
     # ---- phase 1: scales and int8 copies of A (per row) and B (per column) in GM
     qa, qb = k.workspace((M, K), "int8", "a_int8"), k.workspace((K, N), "int8", "b_int8")
     sa, sb = k.workspace((M, 1), "fp32", "a_scale"), k.workspace((1, N), "fp32", "b_scale")
-    stage_a = ring(k, "UB", (QROWS_A, QCOLS_A), "fp32", "stage_a")
-    stage_b = ring(k, "UB", (QROWS_B, QCOLS_B), "fp32", "stage_b")
-    q_a = ring(k, "UB", (QROWS_A, QCOLS_A), "int8", "q_a")
-    q_b = ring(k, "UB", (QROWS_B, QCOLS_B), "int8", "q_b")
+    stage_a = k.ring("UB", (QROWS_A, QCOLS_A), "fp32", "stage_a", SLOTS)
+    stage_b = k.ring("UB", (QROWS_B, QCOLS_B), "fp32", "stage_b", SLOTS)
+    q_a = k.ring("UB", (QROWS_A, QCOLS_A), "int8", "q_a", SLOTS)
+    q_b = k.ring("UB", (QROWS_B, QCOLS_B), "int8", "q_b", SLOTS)
     amax_a = k.alloc("UB", (QROWS_A, 1), "fp32", name="amax_a")
     part_a = k.alloc("UB", (QROWS_A, 1), "fp32", name="part_a")
     amax_b = k.alloc("UB", (1, QCOLS_B), "fp32", name="amax_b")
@@ -80,13 +74,13 @@ def kernel(k, a, b, c):
                                   amax_b[:, :nc], part_b[:, :nc], step)
     k.barrier()
     # ---- phase 2: int8 GEMM into int32, dequantized on the way out
-    a_l1, b_l1 = ring(k, "L1", (BM, BK1), "int8", "a_l1"), ring(k, "L1", (BK1, BN), "int8", "b_l1")
-    a_l0, b_l0 = ring(k, "L0A", (BM, BK), "int8", "a_l0a"), ring(k, "L0B", (BK, BN), "int8", "b_l0b")
+    a_l1, b_l1 = k.ring("L1", (BM, BK1), "int8", "a_l1", SLOTS), k.ring("L1", (BK1, BN), "int8", "b_l1", SLOTS)
+    a_l0, b_l0 = k.ring("L0A", (BM, BK), "int8", "a_l0a", SLOTS), k.ring("L0B", (BK, BN), "int8", "b_l0b", SLOTS)
     acc = k.alloc("L0C", (BM, BN), "int32", name="acc")
-    acc_ub = ring(k, "UB", (DRAIN_ROWS, BN), "int32", "acc_ub")
-    out_ub = ring(k, "UB", (DRAIN_ROWS, BN), "fp32", "out_ub")
-    s_rows = ring(k, "UB", (BM, 1), "fp32", "scale_rows")
-    s_cols = ring(k, "UB", (1, BN), "fp32", "scale_cols")
+    acc_ub = k.ring("UB", (DRAIN_ROWS, BN), "int32", "acc_ub", SLOTS)
+    out_ub = k.ring("UB", (DRAIN_ROWS, BN), "fp32", "out_ub", SLOTS)
+    s_rows = k.ring("UB", (BM, 1), "fp32", "scale_rows", SLOTS)
+    s_cols = k.ring("UB", (1, BN), "fp32", "scale_cols", SLOTS)
     s1 = s0 = so = st = 0
     for i, j in k.tiles((M, N), (BM, BN), group=GROUP):
         m, n = min(BM, M - i), min(BN, N - j)

@@ -21,12 +21,6 @@ GROUP = 1                  # tile-order swizzle: bands of GROUP tile-rows
 COMPENSATE_B = True        # also add Â·R_B (False: only the activation residual R_A·B)
 
 
-def ring(k, space, shape, dtype, name):
-    """A ring of SLOTS buffers, indexable by slot even when SLOTS == 1."""
-    buf = k.alloc(space, shape, dtype, count=SLOTS, name=name)
-    return buf if SLOTS > 1 else [buf]
-
-
 def quantize_strip(k, src, q_gm, scale_gm, res_gm, keep_gm, strip, chunks, ub, amax, part, ones, step):
     """Absmax pass (scale per row or column of the strip), then a pass that writes per chunk
     q = Q(x) (int8), the residual x - deq(q) (fp16) and the kept operand (fp16) to GM.
@@ -92,8 +86,9 @@ def k_loop(k, acc, a_gm, b_gm, i, j, m, n, bk, rings, steps):
 
 
 def gemm_rings(k, dtype, bk, tag):
-    return (ring(k, "L1", (BM, BK1), dtype, f"a_l1_{tag}"), ring(k, "L1", (BK1, BN), dtype, f"b_l1_{tag}"),
-            ring(k, "L0A", (BM, bk), dtype, f"a_l0a_{tag}"), ring(k, "L0B", (bk, BN), dtype, f"b_l0b_{tag}"))
+    return (k.ring("L1", (BM, BK1), dtype, f"a_l1_{tag}", SLOTS), k.ring("L1", (BK1, BN), dtype, f"b_l1_{tag}", SLOTS),
+            k.ring("L0A", (BM, bk), dtype, f"a_l0a_{tag}", SLOTS),
+            k.ring("L0B", (bk, BN), dtype, f"b_l0b_{tag}", SLOTS))
 
 
 def kernel(k, a, b, c):
@@ -104,9 +99,9 @@ def kernel(k, a, b, c):
     qa, qb = k.workspace((M, K), "int8", "a_int8"), k.workspace((K, N), "int8", "b_int8")
     sa, sb = k.workspace((M, 1), "fp32", "a_scale"), k.workspace((1, N), "fp32", "b_scale")
     a_ext, b_ext = k.workspace((M, kb), "fp16", "a_ext"), k.workspace((kb, N), "fp16", "b_ext")
-    ub_a = [ring(k, "UB", (QROWS_A, QCOLS_A), dt, f"{name}_a")
+    ub_a = [k.ring("UB", (QROWS_A, QCOLS_A), dt, f"{name}_a", SLOTS)
             for dt, name in (("fp32", "stage"), ("int8", "q"), ("fp32", "deq"), ("fp16", "half"))]
-    ub_b = [ring(k, "UB", (QROWS_B, QCOLS_B), dt, f"{name}_b")
+    ub_b = [k.ring("UB", (QROWS_B, QCOLS_B), dt, f"{name}_b", SLOTS)
             for dt, name in (("fp32", "stage"), ("int8", "q"), ("fp32", "deq"), ("fp16", "half"))]
     amax_a, part_a = k.alloc("UB", (QROWS_A, 1), "fp32", name="amax_a"), k.alloc("UB", (QROWS_A, 1), "fp32", name="part_a")
     amax_b, part_b = k.alloc("UB", (1, QCOLS_B), "fp32", name="amax_b"), k.alloc("UB", (1, QCOLS_B), "fp32", name="part_b")
@@ -131,11 +126,11 @@ def kernel(k, a, b, c):
     rings8, rings16 = gemm_rings(k, "int8", BK_INT8, "int8"), gemm_rings(k, "fp16", BK_FP16, "fp16")
     acc8 = k.alloc("L0C", (BM, BN), "int32", name="acc_int8")
     acc16 = k.alloc("L0C", (BM, BN), "fp32", name="acc_fp16")
-    acc_ub = ring(k, "UB", (DRAIN_ROWS, BN), "int32", "acc_ub")
-    res_ub = ring(k, "UB", (DRAIN_ROWS, BN), "fp32", "res_ub")
-    out_ub = ring(k, "UB", (DRAIN_ROWS, BN), "fp32", "out_ub")
-    s_rows = ring(k, "UB", (BM, 1), "fp32", "scale_rows")
-    s_cols = ring(k, "UB", (1, BN), "fp32", "scale_cols")
+    acc_ub = k.ring("UB", (DRAIN_ROWS, BN), "int32", "acc_ub", SLOTS)
+    res_ub = k.ring("UB", (DRAIN_ROWS, BN), "fp32", "res_ub", SLOTS)
+    out_ub = k.ring("UB", (DRAIN_ROWS, BN), "fp32", "out_ub", SLOTS)
+    s_rows = k.ring("UB", (BM, 1), "fp32", "scale_rows", SLOTS)
+    s_cols = k.ring("UB", (1, BN), "fp32", "scale_cols", SLOTS)
     steps8, steps16 = [0, 0], [0, 0]
     so = st = 0
     for i, j in k.tiles((M, N), (BM, BN), group=GROUP):

@@ -29,19 +29,13 @@ QMAX = 127.0
 TINY = 1e-30
 
 
-def ring(k, space, shape, dtype, name, count=None):
-    count = count or SLOTS
-    buf = k.alloc(space, shape, dtype, count=count, name=name)
-    return buf if count > 1 else [buf]
-
-
 def vector_phase(k, a, b, omega_t, a16, b16, qb, sb):
     """Ωᵀ (r x K) from k.random, fp16 copies of A and B, per-column int8 B with its scales."""
     K, N = b.shape
     rows = max(CAST_ROWS, RANK)                          # a chunk of A or B, or all of Ωᵀ's rows
-    stage = ring(k, "UB", (rows, CAST_COLS), "fp32", "stage")
-    half = ring(k, "UB", (rows, CAST_COLS), "fp16", "half")
-    q_ub = ring(k, "UB", (CAST_ROWS, CAST_COLS), "int8", "q")
+    stage = k.ring("UB", (rows, CAST_COLS), "fp32", "stage", SLOTS)
+    half = k.ring("UB", (rows, CAST_COLS), "fp16", "half", SLOTS)
+    q_ub = k.ring("UB", (CAST_ROWS, CAST_COLS), "int8", "q", SLOTS)
     amax, part = k.alloc("UB", (1, CAST_COLS), "fp32", name="amax"), k.alloc("UB", (1, CAST_COLS), "fp32", name="part")
     jobs = [("omega", 0, c) for c in range(0, K, CAST_COLS)]
     jobs += [("a", r, c) for r in range(0, a.shape[0], CAST_ROWS) for c in range(0, K, CAST_COLS)]
@@ -93,15 +87,15 @@ def slots(buf):
 def l0_pools(k):
     """fp16 L0A/L0B rings shared by phases 2-4 (each slices what it needs): the phases run one
     after another, and static buffers of every phase would not fit in L0 side by side."""
-    return (ring(k, "L0A", (POOL_ROWS, POOL_COLS), "fp16", "pool_l0a"),
-            ring(k, "L0B", (POOL_ROWS, POOL_COLS), "fp16", "pool_l0b"))
+    return (k.ring("L0A", (POOL_ROWS, POOL_COLS), "fp16", "pool_l0a", SLOTS),
+            k.ring("L0B", (POOL_ROWS, POOL_COLS), "fp16", "pool_l0b", SLOTS))
 
 
 def sketch_phase(k, a16, omega_t, y16, yt16, gram_parts, pools):
     """Y = A·Ω and Yᵀ = Ωᵀ·Aᵀ per block of BY rows, and this core's Gram matrix Σ YᵀY.
     The Ω operands in L0 are single buffers, reused for Yᵀ in the Gram product."""
     M, K = a16.shape
-    a_l1, o_l1 = ring(k, "L1", (BY, BKY), "fp16", "a_l1"), ring(k, "L1", (RANK, BKY), "fp16", "omega_l1")
+    a_l1, o_l1 = k.ring("L1", (BY, BKY), "fp16", "a_l1", SLOTS), k.ring("L1", (RANK, BKY), "fp16", "omega_l1", SLOTS)
     a_l0a, a_l0b = [v[:BY, :BKY] for v in slots(pools[0])], [v[:BY, :BKY] for v in slots(pools[1])]
     o_l0a, o_l0b = k.alloc("L0A", (RANK, BKY), "fp16", name="o_l0a"), k.alloc("L0B", (RANK, BKY), "fp16", name="o_l0b")
     acc_y, acc_yt = k.alloc("L0C", (BY, RANK), "fp32", name="acc_y"), k.alloc("L0C", (RANK, BY), "fp32", name="acc_yt")
@@ -184,7 +178,8 @@ def thin_products(k, left, right, jobs, finish, pools):
     """For each job (column start j): acc (r x STRIP) = left (r x L) @ right[:, j:j+STRIP],
     contraction over L in steps of BMT; then finish(acc_ub, j, n) writes the result."""
     L = left.shape[1]
-    l_l1, r_l1 = ring(k, "L1", (RANK, BMT), "fp16", "thin_l_l1"), ring(k, "L1", (BMT, STRIP), "fp16", "thin_r_l1")
+    l_l1, r_l1 = (k.ring("L1", (RANK, BMT), "fp16", "thin_l_l1", SLOTS),
+                  k.ring("L1", (BMT, STRIP), "fp16", "thin_r_l1", SLOTS))
     l_l0, r_l0 = [v[:RANK, :BMT] for v in slots(pools[0])], [v[:BMT, :STRIP] for v in slots(pools[1])]
     acc = k.alloc("L0C", (RANK, STRIP), "fp32", name="thin_acc")
     acc_ub = k.alloc("UB", (RANK, STRIP), "fp32", name="thin_ub")
@@ -207,7 +202,7 @@ def thin_products(k, left, right, jobs, finish, pools):
 def coefficients_phase(k, yt16, a16, ginv, z16, pools):
     """Z = G⁻¹ (Yᵀ A), STRIP columns (over K) per job: Yᵀ A on the cube, G⁻¹ as r rank-1 updates."""
     r = RANK
-    gcol = ring(k, "UB", (r, 1), "fp32", "ginv_col", count=r)
+    gcol = k.ring("UB", (r, 1), "fp32", "ginv_col", r)
     z_ub, z_h = k.alloc("UB", (r, STRIP), "fp32", name="z_ub"), k.alloc("UB", (r, STRIP), "fp16", name="z_h")
     row = k.core_id * r
     for p in range(r):
@@ -238,9 +233,9 @@ def remainder_phase(k, a, y16, z16, b16, qa, sa, w16, pools):
     thin_products(k, z16, b16, [j for which, j in mine if which == "w"], finish, pools)
     y_l0 = k.alloc("L0A", (QROWS, RANK), "fp16", name="y_rows")
     z_l0 = [v[:RANK, :QCOLS] for v in slots(pools[1])]
-    acc = ring(k, "L0C", (QROWS, QCOLS), "fp32", "yz_acc")
-    yz, stage = ring(k, "UB", (QROWS, QCOLS), "fp32", "yz"), ring(k, "UB", (QROWS, QCOLS), "fp32", "rem")
-    q_ub = ring(k, "UB", (QROWS, QCOLS), "int8", "q_rem")
+    acc = k.ring("L0C", (QROWS, QCOLS), "fp32", "yz_acc", SLOTS)
+    yz, stage = k.ring("UB", (QROWS, QCOLS), "fp32", "yz", SLOTS), k.ring("UB", (QROWS, QCOLS), "fp32", "rem", SLOTS)
+    q_ub = k.ring("UB", (QROWS, QCOLS), "int8", "q_rem", SLOTS)
     amax, part = k.alloc("UB", (QROWS, 1), "fp32", name="amax_rows"), k.alloc("UB", (QROWS, 1), "fp32", name="part_rows")
     step = 0
     for i in [i for which, i in mine if which == "a"]:
@@ -274,14 +269,16 @@ def output_phase(k, qa, qb, sa, sb, y16, w16, c):
     """Per output tile: int8 GEMM of the remainder, dequantized, plus Y·W on the fp16 cube."""
     M, K = qa.shape
     N = qb.shape[1]
-    a_l1, b_l1 = ring(k, "L1", (BM, BK1), "int8", "a_l1"), ring(k, "L1", (BK1, BN), "int8", "b_l1")
-    a_l0, b_l0 = ring(k, "L0A", (BM, BK), "int8", "a_l0a"), ring(k, "L0B", (BK, BN), "int8", "b_l0b")
+    a_l1, b_l1 = k.ring("L1", (BM, BK1), "int8", "a_l1", SLOTS), k.ring("L1", (BK1, BN), "int8", "b_l1", SLOTS)
+    a_l0, b_l0 = k.ring("L0A", (BM, BK), "int8", "a_l0a", SLOTS), k.ring("L0B", (BK, BN), "int8", "b_l0b", SLOTS)
     y_l0, w_l0 = k.alloc("L0A", (BM, RANK), "fp16", name="y_l0a"), k.alloc("L0B", (RANK, BN), "fp16", name="w_l0b")
     acc = k.alloc("L0C", (BM, BN), "int32", name="acc")
     acc_lr = k.alloc("L0C", (BM, BN), "fp32", name="acc_lowrank")
-    acc_ub, lr_ub = ring(k, "UB", (DRAIN_ROWS, BN), "int32", "acc_ub"), ring(k, "UB", (DRAIN_ROWS, BN), "fp32", "lr_ub")
-    out_ub = ring(k, "UB", (DRAIN_ROWS, BN), "fp32", "out_ub")
-    s_rows, s_cols = ring(k, "UB", (BM, 1), "fp32", "scale_rows"), ring(k, "UB", (1, BN), "fp32", "scale_cols")
+    acc_ub, lr_ub = (k.ring("UB", (DRAIN_ROWS, BN), "int32", "acc_ub", SLOTS),
+                     k.ring("UB", (DRAIN_ROWS, BN), "fp32", "lr_ub", SLOTS))
+    out_ub = k.ring("UB", (DRAIN_ROWS, BN), "fp32", "out_ub", SLOTS)
+    s_rows, s_cols = (k.ring("UB", (BM, 1), "fp32", "scale_rows", SLOTS),
+                      k.ring("UB", (1, BN), "fp32", "scale_cols", SLOTS))
     s1 = s0 = so = st = 0
     for i, j in k.tiles((M, N), (BM, BN), group=GROUP):
         m, n = min(BM, M - i), min(BN, N - j)

@@ -28,12 +28,6 @@ QMAX = 127.0
 TINY = 1e-30
 
 
-def ring(k, space, shape, dtype, name, count=None):
-    count = count or SLOTS
-    buf = k.alloc(space, shape, dtype, count=count, name=name)
-    return buf if count > 1 else [buf]
-
-
 def detect_phase(k, a, cmax, stage):
     """Column absmax of A's first DETECT_ROWS rows, QCOLS channels per job."""
     M, K = a.shape
@@ -112,11 +106,12 @@ def split_phase(k, a, b, pt16, keep, qa, sa, qb, sb, asel, bsel, ub, pools):
     M, K = a.shape
     N = b.shape[1]
     stage, half, q_ub = ub
-    x_l1, p_l1 = ring(k, "L1", (QROWS, QCOLS), "fp16", "x_l1"), ring(k, "L1", (QROWS, QCOLS), "fp16", "p_l1")
+    x_l1, p_l1 = (k.ring("L1", (QROWS, QCOLS), "fp16", "x_l1", SLOTS),
+                  k.ring("L1", (QROWS, QCOLS), "fp16", "p_l1", SLOTS))
     l0a, l0b = pools
     acc = k.alloc("L0C", (QROWS, QCOLS_B), "fp32", name="acc_sel")
     sel_ub, sel_h = k.alloc("UB", (QROWS, QCOLS_B), "fp32", name="sel_ub"), k.alloc("UB", (QROWS, QCOLS_B), "fp16", name="sel_h")
-    keep_ub = ring(k, "UB", (1, QCOLS), "fp32", "keep_ub")
+    keep_ub = k.ring("UB", (1, QCOLS), "fp32", "keep_ub", SLOTS)
     amax, part = k.alloc("UB", (QROWS, 1), "fp32", name="amax_rows"), k.alloc("UB", (QROWS, 1), "fp32", name="part_rows")
     amax_b, part_b = k.alloc("UB", (1, QCOLS_B), "fp32", name="amax_cols"), k.alloc("UB", (1, QCOLS_B), "fp32", name="part_cols")
     jobs = [("a", i) for i in range(0, M, QROWS)] + [("b", j) for j in range(0, N, QCOLS_B)]
@@ -191,14 +186,16 @@ def output_phase(k, qa, qb, sa, sb, asel, bsel, c):
     """Per output tile: the INT8 GEMM of the rest, dequantized, plus (A·P)(Pᵀ·B) on the fp16 cube."""
     M, K = qa.shape
     N = qb.shape[1]
-    a_l1, b_l1 = ring(k, "L1", (BM, BK1), "int8", "a_l1"), ring(k, "L1", (BK1, BN), "int8", "b_l1")
-    a_l0, b_l0 = ring(k, "L0A", (BM, BK), "int8", "a_l0a"), ring(k, "L0B", (BK, BN), "int8", "b_l0b")
+    a_l1, b_l1 = k.ring("L1", (BM, BK1), "int8", "a_l1", SLOTS), k.ring("L1", (BK1, BN), "int8", "b_l1", SLOTS)
+    a_l0, b_l0 = k.ring("L0A", (BM, BK), "int8", "a_l0a", SLOTS), k.ring("L0B", (BK, BN), "int8", "b_l0b", SLOTS)
     s_l0, t_l0 = k.alloc("L0A", (BM, TOPK), "fp16", name="asel_l0a"), k.alloc("L0B", (TOPK, BN), "fp16", name="bsel_l0b")
     acc = k.alloc("L0C", (BM, BN), "int32", name="acc")
     acc_sp = k.alloc("L0C", (BM, BN), "fp32", name="acc_sparse")
-    acc_ub, sp_ub = ring(k, "UB", (DRAIN_ROWS, BN), "int32", "acc_ub"), ring(k, "UB", (DRAIN_ROWS, BN), "fp32", "sp_ub")
-    out_ub = ring(k, "UB", (DRAIN_ROWS, BN), "fp32", "out_ub")
-    s_rows, s_cols = ring(k, "UB", (BM, 1), "fp32", "scale_rows"), ring(k, "UB", (1, BN), "fp32", "scale_cols")
+    acc_ub, sp_ub = (k.ring("UB", (DRAIN_ROWS, BN), "int32", "acc_ub", SLOTS),
+                     k.ring("UB", (DRAIN_ROWS, BN), "fp32", "sp_ub", SLOTS))
+    out_ub = k.ring("UB", (DRAIN_ROWS, BN), "fp32", "out_ub", SLOTS)
+    s_rows, s_cols = (k.ring("UB", (BM, 1), "fp32", "scale_rows", SLOTS),
+                      k.ring("UB", (1, BN), "fp32", "scale_cols", SLOTS))
     s1 = s0 = so = st = 0
     for i, j in k.tiles((M, N), (BM, BN), group=GROUP):
         m, n = min(BM, M - i), min(BN, N - j)
@@ -242,13 +239,14 @@ def kernel(k, a, b, c):
     qa, qb = k.workspace((M, K), "int8", "rest_int8"), k.workspace((K, N), "int8", "b_int8")
     sa, sb = k.workspace((M, 1), "fp32", "rest_scale"), k.workspace((1, N), "fp32", "b_scale")
     asel, bsel = k.workspace((M, TOPK), "fp16", "a_selected"), k.workspace((TOPK, N), "fp16", "b_selected")
-    ub = (ring(k, "UB", (QROWS, QCOLS), "fp32", "stage"), ring(k, "UB", (QROWS, QCOLS), "fp16", "half"),
-          ring(k, "UB", (QROWS, QCOLS), "int8", "q"))
+    ub = (k.ring("UB", (QROWS, QCOLS), "fp32", "stage", SLOTS), k.ring("UB", (QROWS, QCOLS), "fp16", "half", SLOTS),
+          k.ring("UB", (QROWS, QCOLS), "int8", "q", SLOTS))
     detect_phase(k, a, cmax, ub[0])
     k.barrier()
     select_phase(k, cmax, scan, pt16, keep, ub[0], ub[1])
     k.barrier()
-    pools = (ring(k, "L0A", (QROWS, QCOLS), "fp16", "pool_l0a"), ring(k, "L0B", (QROWS, QCOLS), "fp16", "pool_l0b"))
+    pools = (k.ring("L0A", (QROWS, QCOLS), "fp16", "pool_l0a", SLOTS),
+             k.ring("L0B", (QROWS, QCOLS), "fp16", "pool_l0b", SLOTS))
     split_phase(k, a, b, pt16, keep, qa, sa, qb, sb, asel, bsel, ub, pools)
     k.barrier()
     output_phase(k, qa, qb, sa, sb, asel, bsel, c)

@@ -36,19 +36,12 @@ def split(k, src, hi, lo, stage, halves_hi, halves_lo, counter, share=(0, 1)):
     return counter
 
 
-def ring(k, space, shape, dtype, name, slots=None):
-    """A ring of `slots` (default SLOTS) buffers, indexable by slot even when there is one."""
-    slots = slots or SLOTS
-    buf = k.alloc(space, shape, dtype, count=slots, name=name)
-    return buf if slots > 1 else [buf]
-
-
 def kernel(k, a, b, c):
     M, K = a.shape
     N = b.shape[1]
-    stage = ring(k, "UB", (SPLIT_ROWS, SPLIT_COLS), "fp32", "stage", SPLIT_SLOTS)
-    halves_hi = ring(k, "UB", (SPLIT_ROWS, SPLIT_COLS), "fp16", "halves_hi", SPLIT_SLOTS)
-    halves_lo = ring(k, "UB", (SPLIT_ROWS, SPLIT_COLS), "fp16", "halves_lo", SPLIT_SLOTS)
+    stage = k.ring("UB", (SPLIT_ROWS, SPLIT_COLS), "fp32", "stage", SPLIT_SLOTS)
+    halves_hi = k.ring("UB", (SPLIT_ROWS, SPLIT_COLS), "fp16", "halves_hi", SPLIT_SLOTS)
+    halves_lo = k.ring("UB", (SPLIT_ROWS, SPLIT_COLS), "fp16", "halves_lo", SPLIT_SLOTS)
     if not ON_THE_FLY:
         # ---- phase 1: split A and B into fp16 halves in GM
         a_hi, a_lo = k.workspace((M, K), "fp16", "a_hi"), k.workspace((M, K), "fp16", "a_lo")
@@ -58,16 +51,16 @@ def kernel(k, a, b, c):
         split(k, b, b_hi, b_lo, stage, halves_hi, halves_lo, n, mine)
         k.barrier()
     # ---- phase 2: three-term GEMM on the cube
-    a_hi_l1 = ring(k, "L1", (BM, BK1), "fp16", "a_hi_l1")
-    a_lo_l1 = ring(k, "L1", (BM, BK1), "fp16", "a_lo_l1")
-    b_hi_l1 = ring(k, "L1", (BK1, BN), "fp16", "b_hi_l1")
-    b_lo_l1 = ring(k, "L1", (BK1, BN), "fp16", "b_lo_l1")
-    a_l0 = ring(k, "L0A", (BM, 2 * BK), "fp16", "a_hilo_l0a")     # [hi | lo] side by side
-    b_l0 = ring(k, "L0B", (BK, BN), "fp16", "b_l0b")              # b_hi and b_lo take turns
+    a_hi_l1 = k.ring("L1", (BM, BK1), "fp16", "a_hi_l1", SLOTS)
+    a_lo_l1 = k.ring("L1", (BM, BK1), "fp16", "a_lo_l1", SLOTS)
+    b_hi_l1 = k.ring("L1", (BK1, BN), "fp16", "b_hi_l1", SLOTS)
+    b_lo_l1 = k.ring("L1", (BK1, BN), "fp16", "b_lo_l1", SLOTS)
+    a_l0 = k.ring("L0A", (BM, 2 * BK), "fp16", "a_hilo_l0a", SLOTS)     # [hi | lo] side by side
+    b_l0 = k.ring("L0B", (BK, BN), "fp16", "b_l0b", SLOTS)              # b_hi and b_lo take turns
     main = k.alloc("L0C", (BM, BN), "fp32", name="acc_main")
     corr = k.alloc("L0C", (BM, BN), "fp32", name="acc_corr")
-    out = ring(k, "UB", (DRAIN_ROWS, BN), "fp32", "out_ub")
-    corr_ub = ring(k, "UB", (DRAIN_ROWS, BN), "fp32", "corr_ub")
+    out = k.ring("UB", (DRAIN_ROWS, BN), "fp32", "out_ub", SLOTS)
+    corr_ub = k.ring("UB", (DRAIN_ROWS, BN), "fp32", "corr_ub", SLOTS)
     s1 = s0 = sb = so = ss = 0
     for i, j in k.tiles((M, N), (BM, BN), group=GROUP):
         m, n = min(BM, M - i), min(BN, N - j)

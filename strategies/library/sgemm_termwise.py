@@ -18,13 +18,6 @@ DRAIN_ROWS = 16            # accumulator rows moved L0C -> UB at a time
 GROUP = 1                  # tile-order swizzle: bands of GROUP tile-rows
 
 
-def ring(k, space, shape, dtype, name, count=None):
-    """A ring of `count` (default SLOTS) buffers, indexable by slot even when count == 1."""
-    count = SLOTS if count is None else count
-    buf = k.alloc(space, shape, dtype, count=count, name=name)
-    return buf if count > 1 else [buf]
-
-
 def split_share(k, src, hi, lo, stage, halves_hi, halves_lo, counter):
     """Split this core's share of chunks of src (fp32, GM) into hi/lo (fp16, GM)."""
     rows, cols = src.shape
@@ -48,24 +41,24 @@ def kernel(k, a, b, c):
     # ---- phase 1: split A and B into fp16 halves in GM
     a_hi, a_lo = k.workspace((M, K), "fp16", "a_hi"), k.workspace((M, K), "fp16", "a_lo")
     b_hi, b_lo = k.workspace((K, N), "fp16", "b_hi"), k.workspace((K, N), "fp16", "b_lo")
-    stage = ring(k, "UB", (SPLIT_ROWS, SPLIT_COLS), "fp32", "split_stage")
-    halves_hi = ring(k, "UB", (SPLIT_ROWS, SPLIT_COLS), "fp16", "split_hi")
-    halves_lo = ring(k, "UB", (SPLIT_ROWS, SPLIT_COLS), "fp16", "split_lo")
+    stage = k.ring("UB", (SPLIT_ROWS, SPLIT_COLS), "fp32", "split_stage", SLOTS)
+    halves_hi = k.ring("UB", (SPLIT_ROWS, SPLIT_COLS), "fp16", "split_hi", SLOTS)
+    halves_lo = k.ring("UB", (SPLIT_ROWS, SPLIT_COLS), "fp16", "split_lo", SLOTS)
     n_split = split_share(k, a, a_hi, a_lo, stage, halves_hi, halves_lo, 0)
     split_share(k, b, b_hi, b_lo, stage, halves_hi, halves_lo, n_split)
     k.barrier()
     # ---- phase 2: per K chunk, three terms on the cube, chunk sums on the vector unit
-    a_hi_l1 = ring(k, "L1", (BM, BK1), "fp16", "a_hi_l1")
-    a_lo_l1 = ring(k, "L1", (BM, BK1), "fp16", "a_lo_l1")
-    b_hi_l1 = ring(k, "L1", (BK1, BN), "fp16", "b_hi_l1")
-    b_lo_l1 = ring(k, "L1", (BK1, BN), "fp16", "b_lo_l1")
-    a_l0 = ring(k, "L0A", (BM, 2 * BK), "fp16", "a_hilo_l0a")     # [hi | lo] side by side
-    b_l0 = ring(k, "L0B", (BK, BN), "fp16", "b_l0b")              # b_hi and b_lo take turns
+    a_hi_l1 = k.ring("L1", (BM, BK1), "fp16", "a_hi_l1", SLOTS)
+    a_lo_l1 = k.ring("L1", (BM, BK1), "fp16", "a_lo_l1", SLOTS)
+    b_hi_l1 = k.ring("L1", (BK1, BN), "fp16", "b_hi_l1", SLOTS)
+    b_lo_l1 = k.ring("L1", (BK1, BN), "fp16", "b_lo_l1", SLOTS)
+    a_l0 = k.ring("L0A", (BM, 2 * BK), "fp16", "a_hilo_l0a", SLOTS)     # [hi | lo] side by side
+    b_l0 = k.ring("L0B", (BK, BN), "fp16", "b_l0b", SLOTS)              # b_hi and b_lo take turns
     acc_slots = ACC_SLOTS if chunked else 1
-    main = ring(k, "L0C", (BM, BN), "fp32", "main_l0c", acc_slots)
-    corr = ring(k, "L0C", (BM, BN), "fp32", "corr_l0c", acc_slots)
-    main_ub = ring(k, "UB", (DRAIN_ROWS, BN), "fp32", "main_ub")
-    corr_ub = ring(k, "UB", (DRAIN_ROWS, BN), "fp32", "corr_ub")
+    main = k.ring("L0C", (BM, BN), "fp32", "main_l0c", acc_slots)
+    corr = k.ring("L0C", (BM, BN), "fp32", "corr_l0c", acc_slots)
+    main_ub = k.ring("UB", (DRAIN_ROWS, BN), "fp32", "main_ub", SLOTS)
+    corr_ub = k.ring("UB", (DRAIN_ROWS, BN), "fp32", "corr_ub", SLOTS)
     if chunked:
         sum_main = k.alloc("UB", (BM, BN), "fp32", name="sum_main")   # FP32 sums over the chunks
         sum_corr = k.alloc("UB", (BM, BN), "fp32", name="sum_corr")
