@@ -62,20 +62,33 @@ class _Shared:
         self.next_id = first_id
         self.max_ops_per_core = max_ops_per_core
         self.decls: list[TensorDecl] = []
+        self.workspace_views: list[View] = []
         self.inputs = inputs
         self.ops: dict[tuple, Op] = {}
+        self.handles: dict[tuple[BufferDecl, bool], View | Ring] = {}   # one handle per buffer for all cores
 
-    def get(self, index: int, shape: tuple[int, ...], dtype: str, name: str) -> TensorDecl:
+    def handle(self, decl: BufferDecl, ring: bool) -> View | Ring:
+        """The view or ring of a buffer, shared by every core that declares the same buffer,
+        so the slices cores take of it are the same objects (and so are their ops)."""
+        h = self.handles.get((decl, ring))
+        if h is None:
+            h = self.handles[(decl, ring)] = Ring(decl) if ring else View.whole(decl.space, decl.id, 0, decl.shape,
+                                                                                    decl.dtype)
+        return h
+
+    def workspace(self, index: int, shape: tuple[int, ...], dtype: str, name: str) -> View:
+        """The view of the index-th workspace (the same object for every core)."""
         if index < len(self.decls):
             decl = self.decls[index]
             if decl.shape != shape or decl.dtype != dtype:
                 raise ShapeError(f"workspace #{index} was requested as {decl.shape} {decl.dtype} by another "
                                  f"core and as {shape} {dtype} here; every core must request the same workspaces")
-            return decl
+            return self.workspace_views[index]
         decl = TensorDecl(self.next_id, name, shape, dtype, "workspace")
         self.next_id += 1
         self.decls.append(decl)
-        return decl
+        self.workspace_views.append(View.whole("GM", decl.id, 0, decl.shape, decl.dtype))
+        return self.workspace_views[index]
 
 
 class Kernel:
@@ -96,13 +109,12 @@ class Kernel:
     # ------------------------------------------------------------ allocation
     def alloc(self, space: str, shape: Sequence[int], dtype: str, count: int = 1, name: str = "") -> View | Ring:
         """Allocate `count` slots of `shape` in `space`; count > 1 returns a ring indexed by slot."""
-        decl = self._declare(space, shape, dtype, count, name)
-        return Ring(decl) if count > 1 else View.whole(space, decl.id, 0, decl.shape, dtype)
+        return self._shared.handle(self._declare(space, shape, dtype, count, name), count > 1)
 
     def ring(self, space: str, shape: Sequence[int], dtype: str, name: str = "", count: int = 2) -> Ring:
         """A ring of `count` slots, indexed by slot number even when count is 1 (so a kernel's
         buffering depth can be a knob: buf[i % SLOTS] works for SLOTS = 1 too)."""
-        return Ring(self._declare(space, shape, dtype, count, name))
+        return self._shared.handle(self._declare(space, shape, dtype, count, name), True)
 
     def _declare(self, space: str, shape: Sequence[int], dtype: str, count: int, name: str) -> BufferDecl:
         machine = self._machine
@@ -136,8 +148,7 @@ class Kernel:
         check_dtype(dtype)
         index = self._n_workspaces
         self._n_workspaces += 1
-        decl = self._shared.get(index, shape, dtype, name or f"workspace_{index}")
-        return View.whole("GM", decl.id, 0, decl.shape, decl.dtype)
+        return self._shared.workspace(index, shape, dtype, name or f"workspace_{index}")
 
     def capacity(self, space: str) -> int:
         """Bytes of `space` still free on this core."""
@@ -180,29 +191,43 @@ class Kernel:
 
     # ------------------------------------------------------------ ops
     def _emit(self, kind: str, dst: tuple, src: tuple, params: tuple = ()) -> None:
-        line = sys._getframe(2).f_lineno
+        # Views are memoized (the same slice of the same buffer is one object), so an op is
+        # identified by its operands' identities; a view reached another way is only a
+        # separate (equal) op, checked on its own.
+        key = (kind, sys._getframe(2).f_lineno, params, *dst, None, *src)
         try:
-            key = (kind, line, params, *[(v.key, v.space, v.dtype, v.offset, v.extent, v.keep) for v in dst],
-                   None, *[(v.key, v.space, v.dtype, v.offset, v.extent, v.keep) for v in src])
-        except AttributeError:
-            bad = next(v for v in dst + src if not isinstance(v, View))
-            raise HwError(f"{kind}: operands must be tensor or buffer views, got {type(bad).__name__} "
-                          "(index a ring with its slot number: buf[i % 2])") from None
-        op = self._distinct.get(key)
-        if len(self._ops) >= self._shared.max_ops_per_core:
-            raise HwError(f"{kind}: core {self.core_id} issued more than {self._shared.max_ops_per_core:,} ops; "
-                          "use larger tiles (every op also costs issue time on the scalar pipe)")
+            op = self._distinct.get(key)
+        except TypeError:
+            op = None
+        ops = self._ops
         if op is None:
-            op = Op(kind, dst, src, params, line)
-            check_op(op, self._machine)
-            self._distinct[key] = op
-        self._ops.append(op)
+            op = self._new_op(key, kind, dst, src, params)
+        elif len(ops) >= self._shared.max_ops_per_core:
+            self._too_many(kind)
+        ops.append(op)
+
+    def _new_op(self, key: tuple, kind: str, dst: tuple, src: tuple, params: tuple) -> Op:
+        """First time an op is seen: check its operands and its hardware rules once."""
+        if len(self._ops) >= self._shared.max_ops_per_core:
+            self._too_many(kind)
+        bad = next((v for v in dst + src if type(v) is not View), None)
+        if bad is not None:
+            raise HwError(f"{kind}: operands must be tensor or buffer views, got {type(bad).__name__} "
+                          "(index a ring with its slot number: buf[i % 2])")
+        if kind == "copy" and dst[0].space == "GM" and dst[0].base in self._shared.inputs:
+            raise HwError(f"copy: GM tensor #{dst[0].base} is a kernel input and read-only; write results to "
+                          "the output or to a k.workspace")
+        op = Op(kind, dst, src, params, key[1])
+        check_op(op, self._machine)
+        self._distinct[key] = op
+        return op
+
+    def _too_many(self, kind: str) -> None:
+        raise HwError(f"{kind}: core {self.core_id} issued more than {self._shared.max_ops_per_core:,} ops; "
+                      "use larger tiles (every op also costs issue time on the scalar pipe)")
 
     def copy(self, dst: View, src: View) -> None:
         """Move data along a data path of the machine (MTE pipes; L0C->UB on the vector side)."""
-        if getattr(dst, "space", None) == "GM" and dst.base in self._shared.inputs:
-            raise HwError(f"copy: GM tensor #{dst.base} is a kernel input and read-only; write results to "
-                          "the output or to a k.workspace")
         self._emit("copy", (dst,), (src,))
 
     def mma(self, acc: View, a: View, b: View, accumulate: bool = False, transpose_b: bool = False) -> None:
@@ -340,7 +365,7 @@ def paused_gc():
 def record_trace(kernel_fn: KernelFn, machine: MachineSpec, tensors: Sequence[TensorDecl],
                  max_ops_per_core: int = 2_000_000) -> Trace:
     """Run the kernel's Python once per core and collect what it issued."""
-    args = [View.whole("GM", t.id, 0, t.shape, t.dtype) for t in tensors]
+    args = [View.whole("GM", t.id, 0, t.shape, t.dtype) for t in tensors]   # shared by all cores
     shared = _Shared(first_id=max((t.id for t in tensors), default=-1) + 1,
                      inputs=frozenset(t.id for t in tensors if t.role == "input"), max_ops_per_core=max_ops_per_core)
     buffers, ops = [], []

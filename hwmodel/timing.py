@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import heapq
 from collections import OrderedDict, Counter
+from itertools import chain
 from dataclasses import dataclass, field
 from math import ceil, prod
 
@@ -153,10 +154,13 @@ def _simulate_timing(trace: Trace, machine: MachineSpec, timeline_core: int | No
         return (*cost, reads, writes, None)
 
     # identical ops are one shared object (see hwmodel.dsl): compile each once
-    counts = Counter(id(op) for ops in trace.ops for op in ops)
-    distinct = {id(op): op for op in trace.distinct_ops()}
+    flat = list(chain.from_iterable(trace.ops))
+    ids = list(map(id, flat))
+    counts = Counter(ids)
+    distinct = dict(zip(ids, flat))
     compiled = {i: compile_op(op) for i, op in distinct.items()}
-    programs = [[compiled[id(op)] for op in ops] for ops in trace.ops]
+    programs = [list(map(compiled.__getitem__, map(id, ops))) for ops in trace.ops]
+    del flat, ids
     op_counts: Counter = Counter()
     bytes_by_path: Counter = Counter()
     for i, n in counts.items():
@@ -191,7 +195,6 @@ def _simulate_timing(trace: Trace, machine: MachineSpec, timeline_core: int | No
             stats["miss"] += nbytes
             rate = min(access.path_bpc, gm.core_hbm_bytes_per_cycle, hbm_share)
             return access.setup + nbytes / rate, 0.0
-            l2.popitem(last=False)
         stats["hit"] += hit
         stats["miss"] += miss
         rate_hit = min(access.path_bpc, gm.core_l2_bytes_per_cycle, l2_share)
@@ -202,19 +205,23 @@ def _simulate_timing(trace: Trace, machine: MachineSpec, timeline_core: int | No
     def run_core(c: int) -> str:
         """Run core c until its next GM transfer (run that one first) or barrier or the end."""
         prog = programs[c]
+        n = len(prog)
         pf, bz, wd, rd = pipe_free[c], busy[c], write_done[c], read_done[c]
         s = s_clock[c]
         i = position[c]
+        done = finish[c]
+        record = c == timeline_core
         first = True
-        while i < len(prog):
+        state = "done"
+        while i < n:
             p, cycles, latency, reads, writes, access = prog[i]
             if p < 0:
-                position[c], s_clock[c] = i, s
-                return "barrier"
+                state = "barrier"
+                break
             if access is not None:
                 if not first:
-                    position[c], s_clock[c] = i, s
-                    return "gm"
+                    state = "gm"
+                    break
                 cycles, latency = gm_time(access)
             first = False
             s += issue
@@ -240,13 +247,13 @@ def _simulate_timing(trace: Trace, machine: MachineSpec, timeline_core: int | No
             ready = end + latency
             for k in writes:
                 wd[k] = ready
-            if ready > finish[c]:
-                finish[c] = ready
-            if c == timeline_core:
+            if ready > done:
+                done = ready
+            if record:
                 timeline.append((i, pipes[p], start, end))
             i += 1
-        position[c], s_clock[c] = i, s
-        return "done"
+        position[c], s_clock[c], finish[c] = i, s, done
+        return state
 
     def next_start(c: int) -> float:
         p = programs[c][position[c]][0]

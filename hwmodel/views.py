@@ -43,7 +43,7 @@ _new_view = object.__new__
 class View:
     """A rectangle of a GM tensor or of one slot of an on-chip buffer."""
 
-    __slots__ = ("space", "base", "slot", "offset", "extent", "keep", "dtype", "shape", "key")
+    __slots__ = ("space", "base", "slot", "offset", "extent", "keep", "dtype", "shape", "key", "_kids")
 
     def __init__(self, space: str, base: int, slot: int, offset: tuple[int, ...], extent: tuple[int, ...],
                  keep: tuple[bool, ...], dtype: str):
@@ -57,6 +57,7 @@ class View:
         self.shape = extent if all(keep) else tuple(e for e, k in zip(extent, keep) if k)
         # identity of the storage (hazard-tracking granularity): a GM tensor, or one ring slot
         self.key = -1 - base if space == "GM" else base * 4096 + slot
+        self._kids = {}   # memo of 2-D slices: the same slice is the same View object
 
     @classmethod
     def whole(cls, space: str, base: int, slot: int, shape: tuple[int, ...], dtype: str) -> "View":
@@ -80,12 +81,19 @@ class View:
         return f"<{self.describe()} shape={self.shape}>"
 
     def __getitem__(self, key) -> "View":
+        memo = None
+        if type(key) is tuple and len(key) == 2:   # memoized 2-D slices (kernels slice a lot)
+            k0, k1 = key
+            if type(k0) is slice and type(k1) is slice:
+                memo = (k0.start, k0.stop, k0.step, k1.start, k1.stop, k1.step)
+                v = self._kids.get(memo)
+                if v is not None:
+                    return v
         if type(key) is not tuple:
             key = (key,)
         keep = self.keep
-        if keep is _KEEP2 and len(key) == 2:   # the common 2-D case, inlined (kernels slice a lot)
-            k0, k1 = key
-            if type(k0) is slice and type(k1) is slice and k0.step is None and k1.step is None:
+        if keep is _KEEP2 and memo is not None:   # the common 2-D case, inlined
+            if k0.step is None and k1.step is None:
                 (o0, o1), (e0, e1) = self.offset, self.extent
                 s0 = k0.start or 0
                 t0 = e0 if k0.stop is None or k0.stop > e0 else k0.stop
@@ -98,6 +106,8 @@ class View:
                                                                        self.dtype, self.key, keep)
                     v.offset = (o0 + s0, o1 + s1)
                     v.shape = v.extent = (t0 - s0, t1 - s1)
+                    v._kids = {}
+                    self._kids[memo] = v
                     return v
         visible = [d for d, k in enumerate(keep) if k]
         if len(key) > len(visible):

@@ -139,3 +139,24 @@ def test_ring_is_indexed_by_slot_for_any_depth(count):
     with pytest.raises(HwError, match="UB"):       # the capacity check is alloc's
         trace(lambda k, a, c: k.ring("UB", (1024, 1024), "fp32", "big", count), "ascend-910a",
               TensorArg("a", (16, 16), "fp32"), TensorArg("c", (16, 16), "fp32", "output"))
+
+
+def test_identical_ops_on_all_cores_are_one_object():
+    """Slices are memoized and buffers have one handle for all cores, so the ops cores
+    repeat are one shared object (the trace stays small); equal slices taken another way
+    are equal views."""
+    seen = []
+
+    def kernel(k, a, c):
+        buf = k.ring("UB", (16, 16), "fp32", "stage", 2)
+        for step in range(3):
+            k.copy(buf[step % 2], a[0:16, 0:16])
+            k.copy(c[16 * k.core_id % 64:16 * k.core_id % 64 + 16, 0:16], buf[step % 2])
+        seen.append((a[0:16, 0:16], a[0:16, 0:16], a[:, :][0:16, 0:16]))
+
+    tr = trace(kernel, "ascend-910a", TensorArg("a", (64, 64), "fp32"), TensorArg("c", (64, 64), "fp32", "output"))
+    first, again, other_way = seen[0]
+    assert first is again and all(s[0] is first for s in seen)
+    assert (other_way.offset, other_way.extent, other_way.key) == (first.offset, first.extent, first.key)
+    assert tr.num_ops == 6 * machine("ascend-910a").num_cores
+    assert len(tr.distinct_ops()) == 2 + 2 * 4     # loads into 2 slots; stores from 2 slots to 4 row bands
