@@ -230,6 +230,9 @@ def run(
     backend: str = typer.Option("builtin", "--backend", help="builtin (no LLM, offline)"),
     mode: str = typer.Option("strategy", "--mode", help="strategy (default) | mutation-only | random: ablations"),
     shape: str = typer.Option(None, "--shape", "-s", help="benchmark shape (default: the task's)"),
+    workers: int = typer.Option(None, "--workers", "-w", min=1,
+                                help="evaluations side by side, one process each (default 1; a run keeps its "
+                                     "value on resume unless given)"),
     resume: str = typer.Option(None, "--resume", help="continue the run with this id, where it stopped"),
     archive: Path = typer.Option(None, "--archive", help="archive SQLite file (default .cubepilot/archive.sqlite)"),
     as_json: bool = typer.Option(False, "--json", help="print one JSON summary object"),
@@ -254,18 +257,21 @@ def run(
             fail(str(exc))
         spec = _machine(machine)
         config = RunConfig(task=task, machine=machine, shape=the_task.format_shape(the_shape), budget=budget,
-                           seed=seed, backend=backend, mode=mode)
+                           seed=seed, backend=backend, mode=mode, workers=workers or 1)
     try:
         store, run_id, config = run_cli.start_or_resume(archive_path, config, resume)
     except KeyError as exc:
         fail(str(exc.args[0]))
     if resume and budget != 24:
         config = config.model_copy(update={"budget": budget})
+    if resume and workers:
+        config = config.model_copy(update={"workers": workers})
     spec = _machine(config.machine)
     quiet = as_json
     if not quiet:
         console.print(f"run [bold]{run_id}[/]: {config.task} on {config.machine} at {config.shape}, budget "
-                      f"{config.budget}, seed {config.seed}, archive {archive_path}")
+                      f"{config.budget}, seed {config.seed}"
+                      f"{f', {config.workers} workers' if config.workers > 1 else ''}, archive {archive_path}")
     stopped = False
     run_cli.stop_on_signals()
     try:

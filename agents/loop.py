@@ -1,13 +1,14 @@
 """The evolution loop: propose, implement, evaluate, repair, record — one screen.
 
-Every decision at step `seq` draws from a Generator seeded by (run seed, seq), and the
-elites are rebuilt from the archive, so a resumed run makes the same choices it would
-have made without the interruption, and never re-evaluates a recorded step.
+Every decision at step `seq` draws from a Generator seeded by (run seed, seq). Steps run in
+batches of `config.workers` (evaluated side by side); a batch is proposed from the archive
+as it stood when the batch began and batch boundaries are fixed, so a resumed run makes the
+same choices it would have made without the interruption, and never re-evaluates a step.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Iterable
 
 import numpy as np
 
@@ -20,7 +21,7 @@ from strategies.strategy import Strategy
 INITIAL_POPULATION = 8
 MAX_DUPLICATE_TRIES = 30
 
-Evaluate = Callable[[str, int], EvalResult]          # (source, seq) -> result
+Evaluate = Callable[[list[tuple[str, int]]], Iterable[EvalResult]]   # [(source, seq)] -> results, in order
 Progress = Callable[[int, Strategy, EvalResult, Elites, int], None]
 
 
@@ -36,34 +37,54 @@ class RunSummary:
 
 def evolve(archive: Archive, run_id: str, config: RunConfig, backend: Backend, evaluate: Evaluate,
            progress: Progress | None = None) -> RunSummary:
-    elites, seen, failures, pending = Elites(), set(), 0, None
-    rows = archive.evaluations(run_id)
-    for row in rows:                                   # resume: rebuild state from the archive
-        seen.add(row.strategy.id)
-        failures += not row.result.ok
-        elites.add(row.strategy, row.result)
-    seq = len(rows)
+    done = [(row.strategy, row.result) for row in archive.evaluations(run_id)]     # by seq
     initial = backend.initial(config.task, INITIAL_POPULATION, np.random.default_rng([config.seed, 2**31]))
-    if rows and not rows[-1].result.ok:                # the last step failed: its repair is next
-        pending = backend.repair(rows[-1].strategy, rows[-1].result, np.random.default_rng([config.seed, seq]))
+    width, seq = config.workers, len(done)
+    first = seq - seq % width                         # resume: the batch the last recorded step belongs to
+    elites, seen = Elites(), set()
+    for strategy, result in done[:first]:
+        elites.add(strategy, result)
+        seen.add(strategy.id)
     while seq < config.budget:
-        rng = np.random.default_rng([config.seed, seq])
-        strategy = pending or (initial[seq] if seq < len(initial) else backend.propose(elites, rng))
-        for _ in range(MAX_DUPLICATE_TRIES):           # never spend an evaluation twice
-            if strategy.id not in seen:
+        previous = done[max(0, first - width):first]
+        batch = propose_batch(backend, config.seed, initial, elites, seen, previous, first,
+                              min(first + width, config.budget))
+        for strategy, result in done[first:seq] + [(s, None) for s in batch[seq - first:]]:
+            seen.add(strategy.id)
+            if result is not None:                     # recorded before an interruption
+                elites.add(strategy, result)
+        todo = batch[seq - first:]
+        sources = [backend.implement(strategy) for strategy in todo]
+        for strategy, source, result in zip(todo, sources, evaluate([(src, seq + i) for i, src in enumerate(sources)])):
+            archive.record(run_id, seq, 0, strategy, source, result)
+            done.append((strategy, result))
+            elites.add(strategy, result)
+            if progress:
+                progress(seq, strategy, result, elites, sum(not r.ok for _, r in done))
+            seq += 1
+        first = seq
+    return summarize(archive, run_id, elites, sum(not r.ok for _, r in done), completed=True)
+
+
+def propose_batch(backend: Backend, seed: int, initial: list[Strategy], elites: Elites, seen: set[str],
+                  previous: list[tuple[Strategy, EvalResult]], start: int, end: int) -> list[Strategy]:
+    """Strategies for steps start..end-1: repairs of the previous batch's failures first, then
+    the initial population, then proposals from the elites; never one already evaluated."""
+    repairs = [backend.repair(strategy, result, np.random.default_rng([seed, start - len(previous) + i, 1]))
+               for i, (strategy, result) in enumerate(previous) if not result.ok]
+    repairs = [r for r in repairs if r is not None]
+    batch: list[Strategy] = []
+    taken = set(seen)
+    for seq in range(start, end):
+        rng = np.random.default_rng([seed, seq])
+        strategy = repairs.pop(0) if repairs else (initial[seq] if seq < len(initial) else backend.propose(elites, rng))
+        for _ in range(MAX_DUPLICATE_TRIES):
+            if strategy.id not in taken:
                 break
             strategy = backend.propose(elites, rng)
-        source = backend.implement(strategy)
-        result = evaluate(source, seq)
-        archive.record(run_id, seq, 0, strategy, source, result)
-        seen.add(strategy.id)
-        failures += not result.ok
-        elites.add(strategy, result)
-        pending = None if result.ok else backend.repair(strategy, result, rng)
-        if progress:
-            progress(seq, strategy, result, elites, failures)
-        seq += 1
-    return summarize(archive, run_id, elites, failures, completed=True)
+        taken.add(strategy.id)
+        batch.append(strategy)
+    return batch
 
 
 def summarize(archive: Archive, run_id: str, elites: Elites | None = None, failures: int | None = None,

@@ -2,8 +2,11 @@
 from __future__ import annotations
 
 import json
+import multiprocessing
 import signal
+import sys
 from pathlib import Path
+from typing import Iterator
 
 import typer
 from rich.console import Console
@@ -12,7 +15,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from agents.builtin import BuiltinBackend
 from agents.loop import RunSummary, evolve, summarize
 from evaluator.cascade import EvalCache, EvalConfig, evaluate
+from evaluator.result import EvalResult
 from evaluator.tasks import get_task
+from hwmodel.spec import MachineSpec
 from strategies.archive import Archive, RunConfig
 
 DEFAULT_ARCHIVE = Path(".cubepilot") / "archive.sqlite"
@@ -29,13 +34,56 @@ def start_or_resume(archive_path: Path, config: RunConfig | None, resume: str | 
 
 def execute(archive: Archive, run_id: str, config: RunConfig, machine, console: Console, quiet: bool) -> RunSummary:
     task = get_task(config.task)
-    shape = task.parse_shape(config.shape)
-    cache = EvalCache(archive.path.parent / "cache")
-    backend = BuiltinBackend(config.mode, machine, shape)
+    backend = BuiltinBackend(config.mode, machine, task.parse_shape(config.shape))
+    with Evaluator(config, machine, archive.path.parent / "cache") as run_batch:
+        return _with_progress(archive, run_id, config, backend, run_batch, console, quiet)
 
-    def run_one(source: str, seq: int):
-        return evaluate(source, task, machine, shape, EvalConfig(seed=config.seed * 100_003 + seq), cache)
 
+class Evaluator:
+    """Evaluates a batch of (source, seq) in order: in this process, or with workers > 1 in a
+    pool of worker processes (each evaluation is CPU-bound Python and numpy). The test
+    inputs of step seq come from (run seed, seq), so a result does not depend on the worker."""
+
+    def __init__(self, config: RunConfig, machine: MachineSpec, cache_dir: Path):
+        self.job = (config.task, machine, config.shape, config.seed, str(cache_dir))
+        self.pool = None
+        if config.workers > 1:
+            self.pool = multiprocessing.get_context("spawn").Pool(config.workers, _init_worker, self.job)
+        else:
+            _init_worker(*self.job, in_main=True)
+
+    def __call__(self, jobs: list[tuple[str, int]]) -> Iterator[EvalResult]:
+        return self.pool.imap(_evaluate_one, jobs) if self.pool else map(_evaluate_one, jobs)
+
+    def __enter__(self) -> "Evaluator":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.pool:
+            self.pool.terminate()     # a worker stopped mid-evaluation kills its sandbox (see _init_worker)
+            self.pool.join()
+
+
+_WORKER: dict = {}
+
+
+def _init_worker(task: str, machine: MachineSpec, shape: str, seed: int, cache_dir: str, in_main: bool = False) -> None:
+    if not in_main:   # Ctrl-C is the main process's to handle; terminate() raises SystemExit here
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(1))
+    the_task = get_task(task)
+    _WORKER.update(task=the_task, machine=machine, shape=the_task.parse_shape(shape), seed=seed,
+                   cache=EvalCache(cache_dir))
+
+
+def _evaluate_one(job: tuple[str, int]) -> EvalResult:
+    source, seq = job
+    w = _WORKER
+    return evaluate(source, w["task"], w["machine"], w["shape"], EvalConfig(seed=w["seed"] * 100_003 + seq), w["cache"])
+
+
+def _with_progress(archive: Archive, run_id: str, config: RunConfig, backend: BuiltinBackend, run_batch: Evaluator,
+                   console: Console, quiet: bool) -> RunSummary:
     done = len(archive.evaluations(run_id))
     columns = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                TextColumn("best {task.fields[best]}"), TextColumn("failures {task.fields[failures]}"),
@@ -49,7 +97,7 @@ def execute(archive: Archive, run_id: str, config: RunConfig, machine, console: 
             text = f"{best[1].tflops:.1f} TFLOP/s ({best[1].pct_of_roofline:.0f}% of roofline)" if best else "-"
             bar.update(tid, completed=seq + 1, best=text, failures=failures)
 
-        return evolve(archive, run_id, config, backend, run_one, progress)
+        return evolve(archive, run_id, config, backend, run_batch, progress)
 
 
 def summary_dict(s: RunSummary, archive: Archive) -> dict:

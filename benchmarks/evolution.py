@@ -51,6 +51,7 @@ class Job:
     seed: int
     budget: int
     shape: str | None = None          # None: the task's benchmark shape
+    workers: int = 1                  # evaluations side by side within the run (batches of this size)
 
     @property
     def name(self) -> str:
@@ -80,7 +81,8 @@ def command(job: Job, root: Path) -> list[str] | None:
     found = existing_run(archive_of(job, root))
     if found is None:
         shape = ["--shape", job.shape] if job.shape else []
-        return base + ["--task", job.task, "--machine", MACHINE, "--seed", str(job.seed), "--mode", job.mode] + shape
+        return base + ["--task", job.task, "--machine", MACHINE, "--seed", str(job.seed), "--mode", job.mode,
+                       "--workers", str(job.workers)] + shape
     run_id, done = found
     return None if done >= job.budget else base + ["--resume", run_id]
 
@@ -187,7 +189,10 @@ def main() -> None:
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--modes", default="strategy,mutation-only,random")
     parser.add_argument("--attention-budget", type=int, default=60)
-    parser.add_argument("--jobs", type=int, default=2, help="runs at a time (one core each)")
+    parser.add_argument("--jobs", type=int, default=2, help="runs at a time")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="evaluations side by side within each run (cubepilot run --workers; a run's search "
+                             "then proposes in batches of this size); jobs x workers processes in all")
     parser.add_argument("--dir", type=Path, default=ROOT / ".cubepilot" / "bench-evolution")
     parser.add_argument("--deadline", type=float, default=None, help="stop the runs after this many seconds")
     parser.add_argument("--report-only", action="store_true", help="only read the archives, start nothing")
@@ -202,9 +207,10 @@ def main() -> None:
 
     jobs = []
     if "sgemm" in sections:
-        jobs += [Job("sgemm", mode, seed, args.budget, args.sgemm_shape) for mode in modes for seed in seeds]
+        jobs += [Job("sgemm", mode, seed, args.budget, args.sgemm_shape, args.workers) for mode in modes
+                 for seed in seeds]
     if "attention" in sections:
-        jobs += [Job("attention", "strategy", seed, args.attention_budget) for seed in seeds]
+        jobs += [Job("attention", "strategy", seed, args.attention_budget, None, args.workers) for seed in seeds]
     if not args.report_only:
         run_jobs(jobs, args.dir, args.jobs, deadline, log)
     runs = [r for job in jobs if (r := run_figures(job, args.dir))]

@@ -95,6 +95,9 @@ class SandboxRun:
             _kill_group(self._proc)
             return SandboxOutcome("timeout", f"the kernel's Python did not finish within {self.limits.wall_s:.0f} s "
                                   "(an endless loop, or far too many ops)")
+        except BaseException:     # stopped (Ctrl-C, SIGTERM): the child runs in its own session, so stop it too
+            _kill_group(self._proc)
+            raise
         finally:
             self._tmp.cleanup()
         return _parse(self._proc.returncode, out, err, self.limits)

@@ -10,7 +10,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from evaluator.result import EvalResult
 from strategies.strategy import Strategy
@@ -40,6 +40,7 @@ class RunConfig(BaseModel):
     seed: int
     backend: str = "builtin"
     mode: str = "strategy"          # strategy (default), random, mutation-only: for ablations
+    workers: int = Field(1, ge=1)   # steps proposed together and evaluated side by side
 
 
 @dataclass(frozen=True)

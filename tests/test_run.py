@@ -46,9 +46,13 @@ def test_run_json_summary_and_determinism(tmp_path):
     assert [row[1:] for row in a] == [row[1:] for row in b]     # same seed, same run
 
 
-def test_resume_after_sigkill_loses_and_repeats_nothing(tmp_path):
+@pytest.mark.parametrize("workers", ["1", "3"])
+def test_resume_after_sigkill_loses_and_repeats_nothing(tmp_path, workers):
+    """With workers, steps run in batches evaluated side by side; a kill mid-batch loses only
+    what was in flight and the resumed run still makes the uninterrupted run's choices."""
     archive = tmp_path / "runs.sqlite"
-    proc = subprocess.Popen([*CLI, "run", "--budget", "12", "--seed", "3", "--json", "--archive", str(archive), *SHAPE],
+    proc = subprocess.Popen([*CLI, "run", "--budget", "12", "--seed", "3", "--json", "--archive", str(archive),
+                             "--workers", workers, *SHAPE],
                             cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])})
     deadline = time.time() + 300
@@ -73,7 +77,7 @@ def test_resume_after_sigkill_loses_and_repeats_nothing(tmp_path):
     assert after[:len(before)] == before                          # nothing recorded was redone or lost
     assert [row[0] for row in after] == list(range(12))           # every step exactly once
     reference = cubepilot("run", "--budget", "12", "--seed", "3", "--json", "--archive", str(tmp_path / "b.sqlite"),
-                          *SHAPE, cwd=tmp_path)
+                          "--workers", workers, *SHAPE, cwd=tmp_path)
     ref_rows = evaluations(tmp_path / "b.sqlite", json.loads(reference.stdout)["run_id"])
     assert [r[1:3] for r in after] == [r[1:3] for r in ref_rows]  # as if never interrupted
 
