@@ -84,7 +84,7 @@ def command(job: Job, root: Path) -> list[str] | None:
         return base + ["--task", job.task, "--machine", MACHINE, "--seed", str(job.seed), "--mode", job.mode,
                        "--workers", str(job.workers)] + shape
     run_id, done = found
-    return None if done >= job.budget else base + ["--resume", run_id]
+    return None if done >= job.budget else base + ["--resume", run_id, "--workers", str(job.workers)]
 
 
 def run_jobs(jobs: list[Job], root: Path, parallel: int, deadline: float | None, log) -> None:

@@ -113,9 +113,10 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
     Family("hgemm_cube", "hgemm", "Native FP16 cube GEMM with L1 panels and L0 steps",
            {"BM": TILE, "BN": TILE, "BK1": (64, 128, 256, 512), "BK": (32, 64, 128), "SLOTS": (1, 2, 3),
             "GROUP": (1, 2, 4, 8), "DRAIN_ROWS": (16, 32, 64)}, _gemm_tags),
-    Family("qgemm_int8", "qgemm", "INT8 direct: per-row/per-column absmax scales, INT8 cube, dequantize",
-           {"BM": TILE, "BN": TILE, "SLOTS": (1, 2), "GROUP": (1, 2, 4, 8)},
-           lambda k: {"quantization": "int8 per-row/col", "residual": "none", **_gemm_tags(k)}),
+    Family("qgemm_int8", "qgemm-int8", "INT8 direct: per-row/per-column absmax scales, INT8 cube, dequantize",
+           {"BM": TILE, "BN": TILE, "SLOTS": (1, 2), "GROUP": (1, 2, 4, 8), "QROWS_A": (8, 16, 32, 64)},
+           lambda k: {"quantization": f"int8 per-row/col (A in {k['QROWS_A']}-row passes)", "residual": "none",
+                      **_gemm_tags(k)}),
     Family("qgemm_fp16", "qgemm", "Plain FP16 cube GEMM: FP32 inputs rounded to fp16 in GM, fp32 accumulation",
            {"BM": TILE, "BN": TILE, "BK1": (64, 128, 256), "BK": (32, 64), "SLOTS": (1, 2, 3),
             "GROUP": (1, 2, 4, 8), "DRAIN_ROWS": (16, 32, 64)},
@@ -132,7 +133,7 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
            {"RANK": (8, 16, 24), "BM": (64, 128), "BN": (64, 128), "SLOTS": (1, 2), "GROUP": (1, 2, 4, 8)},
            lambda k: {"quantization": "int8 per-row/col", "residual": f"low-rank r={k['RANK']} (randomized)",
                       **_gemm_tags(k)}),
-    Family("qgemm_int8_sparse", "qgemm", "INT8 + sparse top-k FP16 part (LRQMM): outlier channels of A found on "
+    Family("qgemm_int8_sparse", "qgemm-int8", "INT8 + sparse top-k FP16 part (LRQMM): outlier channels of A found on "
            "the device (column absmax over a threshold), up to TOPK of them gathered by a 0/1 selection matrix and "
            "multiplied in fp16, the rest of A quantized",
            {"TOPK": (16, 32, 64), "THRESH": (3.0, 5.0, 8.0), "DETECT_ROWS": (0, 256, 1024), "BM": (64, 128),
@@ -140,8 +141,8 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
            lambda k: {"quantization": "int8 per-row/col",
                       "residual": f"sparse top-k: <= {k['TOPK']} outlier channels of A in fp16 "
                                   f"(absmax > {k['THRESH']:g}x mean)", **_gemm_tags(k)}),
-    Family("qgemm_apsq", "qgemm", "APSQ-style INT8: K in passes, partial sums between passes requantized to "
-           "int16/int8 with per-row scales (error counted; fails the qgemm budget)",
+    Family("qgemm_apsq", "qgemm-int8", "APSQ-style INT8: K in passes, partial sums between passes requantized to "
+           "int16/int8 with per-row scales (the error they add is counted)",
            {"BM": (64, 128), "BN": (64, 128), "SLOTS": (1, 2), "GROUP": (1, 2, 4, 8), "KPASS": (256, 512, 1024),
             "PSUM_DTYPE": ("int16", "int8")},
            lambda k: {"quantization": f"int8 inputs, {k['PSUM_DTYPE']} partial sums", "residual": "none",

@@ -4,8 +4,9 @@ As INT8 direct (per-row/per-column absmax scales, INT8 cube), but the K axis run
 passes of KPASS; between passes the running partial sum of each output tile is not kept
 in int32/fp32 but requantized to PSUM_DTYPE (int16 or int8) with a per-row absmax scale,
 as APSQ does to shrink partial-sum storage and traffic. The error this adds is counted
-against the budget. On qgemm it is `wrong`, honestly: the INT8 inputs already miss the
-2e-3 budget on LLM-like inputs (about 3e-2), and low-precision partial sums only add to it.
+against the budget: it competes on qgemm-int8 (INT8-class accuracy), where int16 partial
+sums cost almost nothing and int8 ones may not fit; on qgemm (2e-3) no INT8 recipe
+without compensation passes (about 3e-2 on LLM-like inputs).
 """
 BM, BN = 128, 128          # output tile (int32 accumulator of BM x BN in L0C)
 BK1, BK = 256, 128         # K panel in L1, K step in L0
