@@ -20,8 +20,9 @@ class Backend(Protocol):
     def initial(self, task: str, size: int, rng: np.random.Generator) -> list[Strategy]:
         """A diverse first population, drawn at the strategy level."""
 
-    def propose(self, elites: Elites, rng: np.random.Generator) -> Strategy:
-        """The next strategy to try."""
+    def propose(self, elites: Elites, rng: np.random.Generator, tried: frozenset[str] = frozenset()) -> Strategy:
+        """The next strategy to try; `tried` holds the ids already evaluated (or taken by the
+        batch being proposed): propose something else."""
 
     def implement(self, strategy: Strategy) -> str:
         """Kernel source for a strategy."""

@@ -40,6 +40,7 @@ class BuiltinBackend:
         self.machine = machine
         self.bench_shape = bench_shape
         self.name = "builtin" if mode == "strategy" else f"builtin-{mode}"
+        self.task = ""            # set by initial()
 
     def feasible(self, strategy: Strategy) -> bool:
         if self.machine is None:
@@ -58,6 +59,7 @@ class BuiltinBackend:
         return True
 
     def initial(self, task: str, size: int, rng: np.random.Generator) -> list[Strategy]:
+        self.task = task
         families = families_for(task)
         population = [f.strategy() for f in families]               # the published strategies
         while len(population) < size:                                 # then spread over families
@@ -69,16 +71,18 @@ class BuiltinBackend:
             population.append(candidate)
         return population
 
-    def propose(self, elites: Elites, rng: np.random.Generator) -> Strategy:
-        for _ in range(MAX_PROPOSALS):
-            strategy = self._draw(elites, rng)
-            if self.feasible(strategy):
+    def propose(self, elites: Elites, rng: np.random.Generator, tried: frozenset[str] = frozenset()) -> Strategy:
+        """Draws until a feasible strategy not tried yet; once half the draws came back tried
+        (the neighbourhood of the elites is used up), draws at random over the families."""
+        for attempt in range(MAX_PROPOSALS):
+            strategy = self._draw(elites, rng, explore=attempt >= MAX_PROPOSALS // 2)
+            if strategy.id not in tried and self.feasible(strategy):
                 break
         return strategy
 
-    def _draw(self, elites: Elites, rng: np.random.Generator) -> Strategy:
-        if self.mode == "random" or not elites.cells:
-            families = [FAMILIES[c[0]] for c in elites.cells] or list(FAMILIES.values())
+    def _draw(self, elites: Elites, rng: np.random.Generator, explore: bool = False) -> Strategy:
+        if self.mode == "random" or explore or not elites.cells:
+            families = [FAMILIES[c[0]] for c in elites.cells] or families_for(self.task)
             return random_strategy(families[int(rng.integers(0, len(families)))], rng)
         if rng.random() < LOCAL_RATE:                 # exploit: a neighbour of the incumbent best
             return local_step(elites.best()[0], rng)

@@ -49,10 +49,10 @@ def evolve(archive: Archive, run_id: str, config: RunConfig, backend: Backend, e
         previous = done[max(0, first - width):first]
         batch = propose_batch(backend, config.seed, initial, elites, seen, previous, first,
                               min(first + width, config.budget))
-        for strategy, result in done[first:seq] + [(s, None) for s in batch[seq - first:]]:
+        seen.update(strategy.id for strategy in batch)
+        for strategy, result in done[first:seq]:      # resumed mid-batch: these steps are recorded
+            elites.add(strategy, result)
             seen.add(strategy.id)
-            if result is not None:                     # recorded before an interruption
-                elites.add(strategy, result)
         todo = batch[seq - first:]
         sources = [backend.implement(strategy) for strategy in todo]
         for strategy, source, result in zip(todo, sources, evaluate([(src, seq + i) for i, src in enumerate(sources)])):
@@ -77,11 +77,12 @@ def propose_batch(backend: Backend, seed: int, initial: list[Strategy], elites: 
     taken = set(seen)
     for seq in range(start, end):
         rng = np.random.default_rng([seed, seq])
-        strategy = repairs.pop(0) if repairs else (initial[seq] if seq < len(initial) else backend.propose(elites, rng))
+        strategy = repairs.pop(0) if repairs else \
+            (initial[seq] if seq < len(initial) else backend.propose(elites, rng, frozenset(taken)))
         for _ in range(MAX_DUPLICATE_TRIES):
             if strategy.id not in taken:
                 break
-            strategy = backend.propose(elites, rng)
+            strategy = backend.propose(elites, rng, frozenset(taken))
         taken.add(strategy.id)
         batch.append(strategy)
     return batch

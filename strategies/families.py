@@ -4,6 +4,8 @@ these spaces; the MAP-Elites archive uses the tags as cells."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import lru_cache
+from types import MappingProxyType
 from typing import Any, Callable
 
 from hwmodel.loader import knob_names
@@ -31,10 +33,10 @@ class Family:
     @property
     def source(self) -> str:
         """The family's reference kernel: the library module with the fixed knobs set."""
-        return render(self.path.read_text(), dict(self.fixed))
+        return _rendered(self.path.read_text(), self.fixed)
 
     def defaults(self) -> dict[str, Any]:
-        names = knob_names(self.source)
+        names = _knobs(self.source)
         return {k: names[k] for k in self.space}
 
     def strategy(self, knobs: dict[str, Any] | None = None, parents: tuple[str, ...] = (), origin="library") -> Strategy:
@@ -46,6 +48,17 @@ class Family:
 
     def implement(self, strategy: Strategy) -> str:
         return render(self.source, strategy.knobs)
+
+
+@lru_cache(maxsize=256)
+def _rendered(text: str, fixed: tuple[tuple[str, Any], ...]) -> str:
+    return render(text, dict(fixed))
+
+
+@lru_cache(maxsize=256)
+def _knobs(source: str) -> MappingProxyType:
+    """A module's knobs (parsed once per source text: strategies are built by the thousand)."""
+    return MappingProxyType(knob_names(source))
 
 
 def _gemm_tags(knobs: dict[str, Any]) -> dict[str, str]:

@@ -106,3 +106,20 @@ def test_local_step_moves_exactly_one_knob_to_an_adjacent_value():
         values = family.space[changed[0]]
         assert abs(values.index(child.knobs[changed[0]]) - values.index(parent.knobs[changed[0]])) == 1
         assert child.parents == (parent.id,)
+
+
+@pytest.mark.parametrize("mode", ["strategy", "mutation-only", "random"])
+def test_builtin_never_proposes_a_tried_strategy_when_the_neighbourhood_runs_out(mode):
+    """The elites' neighbourhood is small (one family, one cell); once it is used up the
+    strategist explores at random instead of proposing a tried strategy again."""
+    from agents.builtin import BuiltinBackend
+
+    backend = BuiltinBackend(mode)
+    backend.initial("sgemm", 1, np.random.default_rng(0))
+    elites = Elites()
+    elites.add(FAMILIES["sgemm_cube"].strategy(), result(100.0))
+    tried: set[str] = {FAMILIES["sgemm_cube"].strategy().id}
+    for step in range(120):
+        proposal = backend.propose(elites, np.random.default_rng([1, step]), frozenset(tried))
+        assert proposal.id not in tried and proposal.task == "sgemm"
+        tried.add(proposal.id)
