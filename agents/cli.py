@@ -280,6 +280,11 @@ def run(
     except KeyboardInterrupt:
         stopped = True
         summary = run_cli.interrupted_summary(store, run_id)
+    except run_cli.WorkerCrashed as exc:
+        run_cli.interrupted_summary(store, run_id)
+        store.close()
+        fail(f"{exc}. Resume with:\n  cubepilot run --resume {run_id}"
+             + run_cli.archive_flag({"archive": str(store.path)}) + "\n(add --workers 1 if memory is short)")
     result = run_cli.summary_dict(summary, store)
     if as_json:
         print(__import__("json").dumps(result))

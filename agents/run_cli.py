@@ -4,6 +4,8 @@ from __future__ import annotations
 import json
 import multiprocessing
 import signal
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 import sys
 from pathlib import Path
 from typing import Iterator
@@ -39,29 +41,43 @@ def execute(archive: Archive, run_id: str, config: RunConfig, machine, console: 
         return _with_progress(archive, run_id, config, backend, run_batch, console, quiet)
 
 
+class WorkerCrashed(RuntimeError):
+    """A worker process died mid-evaluation (killed, or out of memory)."""
+
+
 class Evaluator:
     """Evaluates a batch of (source, seq) in order: in this process, or with workers > 1 in a
     pool of worker processes (each evaluation is CPU-bound Python and numpy). The test
     inputs of step seq come from (run seed, seq), so a result does not depend on the worker."""
 
     def __init__(self, config: RunConfig, machine: MachineSpec, cache_dir: Path):
-        self.job = (config.task, machine, config.shape, config.seed, str(cache_dir))
+        job = (config.task, machine, config.shape, config.seed, str(cache_dir))
         self.pool = None
         if config.workers > 1:
-            self.pool = multiprocessing.get_context("spawn").Pool(config.workers, _init_worker, self.job)
+            self.pool = ProcessPoolExecutor(config.workers, multiprocessing.get_context("spawn"), _init_worker, job)
         else:
-            _init_worker(*self.job, in_main=True)
+            _init_worker(*job, in_main=True)
 
     def __call__(self, jobs: list[tuple[str, int]]) -> Iterator[EvalResult]:
-        return self.pool.imap(_evaluate_one, jobs) if self.pool else map(_evaluate_one, jobs)
+        if self.pool is None:
+            yield from map(_evaluate_one, jobs)
+            return
+        try:
+            yield from self.pool.map(_evaluate_one, jobs)
+        except BrokenProcessPool:
+            raise WorkerCrashed("a worker process died during an evaluation (killed, or out of memory); the "
+                                "evaluations recorded so far are kept") from None
 
     def __enter__(self) -> "Evaluator":
         return self
 
     def __exit__(self, *exc) -> None:
-        if self.pool:
-            self.pool.terminate()     # a worker stopped mid-evaluation kills its sandbox (see _init_worker)
-            self.pool.join()
+        if self.pool:   # stop workers mid-evaluation too (each then kills its sandbox, see _init_worker)
+            self.pool.shutdown(wait=False, cancel_futures=True)
+            for proc in multiprocessing.active_children():
+                proc.terminate()
+            for proc in multiprocessing.active_children():
+                proc.join(timeout=10)
 
 
 _WORKER: dict = {}
@@ -120,7 +136,7 @@ def summary_dict(s: RunSummary, archive: Archive) -> dict:
 def print_summary(console: Console, d: dict, stopped: bool) -> None:
     if stopped:
         console.print(f"[yellow]Stopped[/] after {d['evaluations']} evaluations; nothing is lost. Resume with:\n"
-                      f"  cubepilot run --resume {d['run_id']}" + _archive_flag(d))
+                      f"  cubepilot run --resume {d['run_id']}" + archive_flag(d))
     if d["best_tflops"] is None:
         console.print(f"No correct kernel yet ({d['failures']} failures). Run id {d['run_id']}.")
         return
@@ -129,10 +145,10 @@ def print_summary(console: Console, d: dict, stopped: bool) -> None:
     console.print(f"[bold green]Best kernel[/]: {d['best_tflops']:.1f} TFLOP/s = {d['best_pct_of_roofline']:.1f}% of "
                   f"the roofline limit, {speed}.\n  strategy {d['best_strategy']}: {d['best_plan']}\n"
                   f"  {d['evaluations']} evaluations, {d['failures']} failures; run {d['run_id']} in {d['archive']}\n"
-                  f"  look at it: cubepilot archive show {d['run_id']}" + _archive_flag(d), highlight=False)
+                  f"  look at it: cubepilot archive show {d['run_id']}" + archive_flag(d), highlight=False)
 
 
-def _archive_flag(d: dict) -> str:
+def archive_flag(d: dict) -> str:
     return "" if Path(d["archive"]) == DEFAULT_ARCHIVE else f" --archive {d['archive']}"
 
 

@@ -85,3 +85,47 @@ def test_resume_after_sigkill_loses_and_repeats_nothing(tmp_path, workers):
 def test_unknown_resume_id_is_a_clear_error(tmp_path):
     out = cubepilot("run", "--resume", "nope", "--archive", str(tmp_path / "x.sqlite"), cwd=tmp_path)
     assert out.returncode == 2 and "no run 'nope'" in out.stderr
+
+
+def _children(pid: int) -> list[int]:
+    kids = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            kids.append(int(stat.parent.name))
+    return kids
+
+
+def test_a_worker_killed_mid_run_is_an_error_that_resume_recovers_from(tmp_path):
+    """Failure injection: SIGKILL one evaluation worker. The run stops with an actionable
+    error instead of waiting forever, keeps what it recorded, and resumes to completion."""
+    archive = tmp_path / "runs.sqlite"
+    proc = subprocess.Popen([*CLI, "run", "--budget", "10", "--seed", "4", "--json", "--archive", str(archive),
+                             "--workers", "2", *SHAPE], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])})
+    deadline = time.time() + 300
+    while time.time() < deadline and not (archive.exists() and _count(archive) >= 2):
+        time.sleep(0.3)
+    workers = [p for p in _children(proc.pid) if b"spawn_main" in Path(f"/proc/{p}/cmdline").read_bytes()]
+    assert workers, "no worker processes found"
+    os.kill(workers[0], signal.SIGKILL)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 2 and "worker process died" in err and "--resume" in err
+    with sqlite3.connect(archive) as db:
+        run_id = db.execute("SELECT id FROM runs").fetchone()[0]
+    kept = evaluations(archive, run_id)
+    out = cubepilot("run", "--resume", run_id, "--archive", str(archive), "--json", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    after = evaluations(archive, run_id)
+    assert after[:len(kept)] == kept and [row[0] for row in after] == list(range(10))
+
+
+def _count(archive: Path) -> int:
+    with sqlite3.connect(archive) as db:
+        try:
+            return db.execute("SELECT COUNT(*) FROM evaluations").fetchone()[0]
+        except sqlite3.OperationalError:
+            return 0
