@@ -19,6 +19,9 @@ class EvalStatus(str, Enum):
     wrong = "wrong"
     timeout = "timeout"
     oom = "oom"
+    invalid_trace = "invalid_trace"      # the sandbox's reply or trace is malformed or claims the impossible
+    implausible = "implausible"          # faster than the roofline allows: a cheat or a simulator bug
+    evaluator_error = "evaluator_error"  # the trusted side failed; the traceback is kept for developers
 
 
 class EvalResult(BaseModel):
@@ -27,6 +30,10 @@ class EvalResult(BaseModel):
     status: EvalStatus
     message: str = Field(description="what failed, where, with numbers; empty when ok")
     line: int = Field(0, description="kernel source line the failure points at (0: none)")
+    rule: str = Field("", description="the broken rule, as a short stable name (e.g. 'capacity', "
+                      "'policy.import', 'correctness.budget'); empty when ok")
+    traceback: str = Field("", description="trusted-side traceback of an evaluator_error; for developers, "
+                           "never shown to a model")
     stage: str = Field(description="last cascade stage reached: policy, sandbox, correctness, benchmark")
     task: str
     machine: str

@@ -19,6 +19,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from hwmodel.limits import MAX_OPS
 from hwmodel.simulate import TensorArg
 from hwmodel.spec import MachineSpec
 
@@ -32,7 +33,7 @@ class SandboxLimits:
     wall_s: float = 60.0
     cpu_s: int = 60
     memory_bytes: int = 4 * 2**30
-    max_ops: int = 5_000_000
+    max_ops: int = MAX_OPS
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ from typing import Callable, Sequence
 
 from hwmodel.dtypes import BITS, check_dtype, nbytes
 from hwmodel.errors import BoundsError, CapacityError, HwError, ShapeError
+from hwmodel.limits import MAX_OPS_PER_CORE
 from hwmodel.ops import COMPARE_MODES, Op, check_op
 from hwmodel.spec import MachineSpec
 from hwmodel.views import BufferDecl, Ring, TensorDecl, View
@@ -58,7 +59,7 @@ class _Shared:
     (same kind, operands, parameters and source line) are one object, checked once; most
     of a GEMM's ops repeat across steps and cores, so traces stay small."""
 
-    def __init__(self, first_id: int, inputs: frozenset[int] = frozenset(), max_ops_per_core: int = 2_000_000):
+    def __init__(self, first_id: int, inputs: frozenset[int] = frozenset(), max_ops_per_core: int = MAX_OPS_PER_CORE):
         self.next_id = first_id
         self.max_ops_per_core = max_ops_per_core
         self.decls: list[TensorDecl] = []
@@ -363,7 +364,7 @@ def paused_gc():
 
 
 def record_trace(kernel_fn: KernelFn, machine: MachineSpec, tensors: Sequence[TensorDecl],
-                 max_ops_per_core: int = 2_000_000) -> Trace:
+                 max_ops_per_core: int = MAX_OPS_PER_CORE) -> Trace:
     """Run the kernel's Python once per core and collect what it issued."""
     args = [View.whole("GM", t.id, 0, t.shape, t.dtype) for t in tensors]   # shared by all cores
     shared = _Shared(first_id=max((t.id for t in tensors), default=-1) + 1,

@@ -9,11 +9,10 @@ from __future__ import annotations
 
 from hwmodel.dsl import Trace, slot_bytes
 from hwmodel.errors import BoundsError, CapacityError, HwError
+from hwmodel.limits import MAX_OPS_PER_CORE
 from hwmodel.ops import check_op
 from hwmodel.spec import MachineSpec
 from hwmodel.views import View
-
-MAX_OPS_PER_CORE = 2_000_000
 
 
 def validate_trace(trace: Trace, machine: MachineSpec) -> None:

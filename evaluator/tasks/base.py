@@ -34,6 +34,7 @@ class Task:
     small_shapes: tuple[Shape, ...]      # correctness trials: square, tall-skinny, ragged
     bench_shape: Shape                   # default timing shape
     distributions: tuple[str, ...]
+    bench_distribution: str = ""         # checked at the benchmark shape: the hardest one ("" = the last)
 
     # ---- what subclasses define
     def args(self, shape: Shape) -> list[TensorArg]:
@@ -66,6 +67,11 @@ class Task:
         return coords
 
     # ---- shared
+    @property
+    def hardest_distribution(self) -> str:
+        """The distribution the benchmark shape is checked on."""
+        return self.bench_distribution or self.distributions[-1]
+
     @property
     def arg_names(self) -> tuple[str, ...]:
         return tuple(a.name for a in self.args(self.small_shapes[0]))
