@@ -294,6 +294,41 @@ def run(
     raise typer.Exit(130 if stopped else 0)
 
 
+@app.command("serve")
+def serve(
+    archive: Path = typer.Option(Path(".cubepilot") / "archive.sqlite", "--archive", help="archive SQLite file"),
+    host: str = typer.Option("127.0.0.1", "--host", help="address to bind; any but loopback requires a token"),
+    port: int = typer.Option(8000, "--port", min=1, max=65535, help="TCP port"),
+    token: str = typer.Option(None, "--token", help="access token every request must carry (default: none on "
+                              "loopback; generated and printed with the URL on any other host)"),
+) -> None:
+    """Browse the archive in a web browser: runs, charts, kernels, lineage, leaderboard (read-only)."""
+    from agents.viewer.app import serve as serve_viewer
+
+    if token is not None and len(token) < 16:
+        fail("--token must be at least 16 characters (omit it to have one generated)")
+    try:
+        serve_viewer(archive, host, port, token, say=lambda text: console.print(text, highlight=False, soft_wrap=True))
+    except OSError as exc:
+        fail(f"cannot serve on {host}:{port}: {exc}")
+
+
+@app.command("report")
+def report(
+    run_id: str = typer.Argument(..., help="the run to report on (see `cubepilot archive ls`)"),
+    out: Path = typer.Option(..., "--out", help="directory for the PNG charts and summary.md"),
+    archive: Path = typer.Option(Path(".cubepilot") / "archive.sqlite", "--archive", help="archive SQLite file"),
+) -> None:
+    """Write a run's charts as PNG (convergence, error vs time, roofline, families) and a Markdown summary."""
+    from agents.report import ReportError, write_report
+
+    try:
+        written = write_report(archive, run_id, out)
+    except ReportError as exc:
+        fail(str(exc))
+    console.print(f"wrote {', '.join(p.name for p in written)} to {out}", highlight=False)
+
+
 _register_archive()
 
 

@@ -62,6 +62,19 @@ class Archive:
         self.db.executescript(SCHEMA)
         self.db.commit()
 
+    @classmethod
+    def open_readonly(cls, path: str | Path) -> "Archive":
+        """A read-only view for readers such as the web viewer: never creates the file or the
+        schema, never writes, and sees each evaluation a running writer commits (WAL)."""
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"no archive at {path}")
+        self = cls.__new__(cls)
+        self.path = path
+        self.db = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=30,
+                                  check_same_thread=False)
+        return self
+
     def close(self) -> None:
         self.db.close()
 
@@ -116,11 +129,38 @@ class Archive:
         return [EvalRow(seq, attempt, Strategy.model_validate_json(body), h, EvalResult.model_validate_json(res))
                 for seq, attempt, body, h, res in cur]
 
+    def raw_evaluations(self, run_id: str) -> list[tuple]:
+        """(seq, attempt, strategy JSON, kernel hash, result JSON) rows, unparsed: a reader that must
+        survive rows written by an older or newer cubepilot parses them one by one."""
+        return self.db.execute("""SELECT e.seq, e.attempt, s.body, e.kernel_hash, e.result FROM evaluations e
+                                  JOIN strategies s ON s.id = e.strategy_id AND s.run_id = e.run_id
+                                  WHERE e.run_id = ? ORDER BY e.seq, e.attempt""", (run_id,)).fetchall()
+
     def source(self, kernel_hash: str) -> str:
         row = self.db.execute("SELECT source FROM kernels WHERE hash = ?", (kernel_hash,)).fetchone()
         if row is None:
             raise KeyError(f"no kernel {kernel_hash!r} in {self.path}")
         return row[0]
+
+    def fingerprint(self, run_id: str) -> tuple:
+        """Changes whenever a run gains, replaces or finishes evaluations: a cache key for readers."""
+        return self.db.execute("SELECT COUNT(*), MAX(created), (SELECT status FROM runs WHERE id = ?) "
+                               "FROM evaluations WHERE run_id = ?", (run_id, run_id)).fetchone()
+
+    def best_per_run(self, task: str | None = None, machine: str | None = None) -> list[dict]:
+        """Each run's fastest ok evaluation (runs with none are left out), fastest first."""
+        cur = self.db.execute("""SELECT r.id, r.task, r.machine, r.shape, r.backend, r.config, r.status,
+                                 (SELECT COUNT(*) FROM evaluations c WHERE c.run_id = r.id), e.seq, e.strategy_id,
+                                 e.tflops, e.pct_roofline, e.time_ns, e.error
+                                 FROM runs r JOIN evaluations e ON e.run_id = r.id AND e.status = 'ok'
+                                 WHERE (? IS NULL OR r.task = ?) AND (? IS NULL OR r.machine = ?)
+                                 AND e.time_ns = (SELECT MIN(time_ns) FROM evaluations b
+                                                  WHERE b.run_id = r.id AND b.status = 'ok')
+                                 GROUP BY r.id ORDER BY r.task, r.machine, r.shape, e.time_ns""",
+                              (task, task, machine, machine))
+        cols = ("id", "task", "machine", "shape", "backend", "config", "status", "evaluations", "seq",
+                "strategy_id", "tflops", "pct_roofline", "time_ns", "error")
+        return [dict(zip(cols, row)) for row in cur]
 
     def lineage(self, run_id: str, strategy_id: str) -> list[str]:
         return [r[0] for r in self.db.execute("SELECT parent FROM lineage WHERE run_id = ? AND child = ?",

@@ -1,0 +1,286 @@
+"""The viewer's read model: what the pages, the JSON API and `cubepilot report` show, read
+from a read-only archive into frozen records (one evaluation as a chart point, a run with
+its derived series, a kernel with its lineage). Parsed runs are cached by fingerprint, so
+a reload re-reads only when a writer has committed something new.
+"""
+from __future__ import annotations
+
+import json
+import math
+import threading
+from dataclasses import dataclass, field
+from functools import lru_cache
+
+from pydantic import ValidationError
+
+from evaluator.result import EvalResult
+from strategies.archive import Archive, EvalRow, RunConfig
+from strategies.strategy import Strategy
+
+
+class NotFound(LookupError):
+    """A run, kernel or archive the request names does not exist; the message says which."""
+
+
+@dataclass(frozen=True)
+class Point:
+    """One evaluation as a chart and a table see it (time_ns and error are None when unknown)."""
+
+    seq: int
+    attempt: int
+    strategy_id: str
+    family: str
+    origin: str
+    status: str
+    rule: str
+    time_ns: float | None
+    tflops: float
+    pct_roofline: float
+    error: float | None
+    bottleneck: str
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+
+@dataclass(frozen=True)
+class Roof:
+    """The run's roofline: the task's intensity at its shape and the machine's engine roofs."""
+
+    engine: str
+    intensity: float          # FLOP per compulsory byte
+    peak_tflops: float
+    hbm_gbps: float
+    limit_tflops: float
+    ridge: float
+    other_peaks: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class FamilyRow:
+    family: str
+    evaluations: int
+    ok: int
+    best_tflops: float | None
+    best_strategy: str | None
+
+
+@dataclass(frozen=True)
+class FailureRow:
+    status: str
+    rule: str
+    count: int
+    example_strategy: str
+    example_message: str
+
+
+@dataclass(frozen=True)
+class RunData:
+    id: str
+    status: str
+    created: float
+    config: RunConfig
+    rows: tuple[EvalRow, ...]
+    unreadable: int                 # rows this cubepilot cannot parse (written by another version)
+    points: tuple[Point, ...]
+    roof: Roof | None
+    roof_note: str                  # why there is no roofline, when there is none
+
+    @property
+    def ok_points(self) -> list[Point]:
+        return [p for p in self.points if p.ok]
+
+    @property
+    def best(self) -> Point | None:
+        ok = [p for p in self.points if p.ok and p.time_ns]
+        return min(ok, key=lambda p: p.time_ns) if ok else None
+
+    def latest(self, strategy_id: str) -> EvalRow | None:
+        """The last evaluation of a strategy in this run (a strategy is evaluated once, barring reruns)."""
+        found = [r for r in self.rows if r.strategy.id == strategy_id]
+        return found[-1] if found else None
+
+    def children(self, strategy_id: str) -> list[EvalRow]:
+        seen, out = set(), []
+        for r in self.rows:
+            if strategy_id in r.strategy.parents and r.strategy.id not in seen:
+                seen.add(r.strategy.id)
+                out.append(r)
+        return out
+
+    def ancestry(self, strategy_id: str) -> list[EvalRow]:
+        """Follow first parents back to a strategy without parents (a library or random seed)."""
+        chain, current = [], self.latest(strategy_id)
+        while current is not None and current.strategy.id not in {c.strategy.id for c in chain}:
+            chain.append(current)
+            current = self.latest(current.strategy.parents[0]) if current.strategy.parents else None
+        return chain
+
+
+def _finite(x: float | None) -> float | None:
+    return x if x is not None and math.isfinite(x) else None
+
+
+def point(row: EvalRow) -> Point:
+    r = row.result
+    err = max(r.errors.values()) if r.errors else None
+    return Point(row.seq, row.attempt, row.strategy.id, row.strategy.family, row.strategy.origin, r.status.value,
+                 r.rule, _finite(r.time_ns), r.tflops, r.pct_of_roofline, _finite(err), r.bottleneck)
+
+
+@lru_cache(maxsize=64)
+def run_roof(task_name: str, machine_name: str, shape_text: str) -> tuple[Roof | None, str]:
+    """The roofline of a run; (None, why) when its task or machine is not known here."""
+    from evaluator.errors import EvalError
+    from evaluator.tasks import get_task
+    from hwmodel.errors import HwError
+    from hwmodel.roofline import ENGINES, engine_peak_tflops, roofline
+    from hwmodel.spec import load_machine
+
+    try:
+        task = get_task(task_name)
+        shape = task.parse_shape(shape_text)
+        machine = load_machine(machine_name)
+        roof = roofline(machine, task.flops(shape), task.compulsory_bytes(shape), task.engine)
+    except (EvalError, HwError, ValueError, KeyError, OSError) as exc:
+        return None, f"no roofline: {exc}"
+    others = {}
+    for engine in ENGINES:
+        try:
+            if engine != task.engine:
+                others[engine] = engine_peak_tflops(machine, engine)
+        except ValueError:
+            continue
+    return Roof(task.engine, roof.intensity, roof.peak_tflops, roof.hbm_gbps, roof.limit_tflops, roof.ridge,
+                others), ""
+
+
+def convergence(points: list[Point]) -> list[tuple[int, float]]:
+    """(evaluation number, best TFLOP/s so far) after each evaluation, failures included."""
+    best, out = 0.0, []
+    for i, p in enumerate(points):
+        if p.ok:
+            best = max(best, p.tflops)
+        out.append((i, best))
+    return out
+
+
+def pareto(points: list[Point]) -> list[Point]:
+    """Ok points no other ok point beats on both time and error, by increasing time."""
+    pts = sorted((p for p in points if p.ok and p.time_ns and p.error is not None),
+                 key=lambda p: (p.time_ns, p.error))
+    front, best_err = [], math.inf
+    for p in pts:
+        if p.error < best_err:
+            front.append(p)
+            best_err = p.error
+    return front
+
+
+def families(points: list[Point]) -> list[FamilyRow]:
+    out = []
+    for fam in sorted({p.family for p in points}):
+        mine = [p for p in points if p.family == fam]
+        ok = [p for p in mine if p.ok]
+        best = max(ok, key=lambda p: p.tflops) if ok else None
+        out.append(FamilyRow(fam, len(mine), len(ok), best.tflops if best else None,
+                             best.strategy_id if best else None))
+    return sorted(out, key=lambda f: -(f.best_tflops or 0))
+
+
+def failures(run: RunData) -> list[FailureRow]:
+    groups: dict[tuple[str, str], list[EvalRow]] = {}
+    for row in run.rows:
+        if not row.result.ok:
+            groups.setdefault((row.result.status.value, row.result.rule), []).append(row)
+    return sorted((FailureRow(s, rule, len(rows), rows[0].strategy.id, rows[0].result.message[:300])
+                   for (s, rule), rows in groups.items()), key=lambda f: -f.count)
+
+
+class ArchiveReader:
+    """Opens the archive read-only for each request (so each sees the latest commits) and
+    keeps parsed runs while their fingerprint is unchanged."""
+
+    def __init__(self, path):
+        self.path = path
+        self._cache: dict[str, tuple[tuple, RunData]] = {}
+        self._lock = threading.Lock()
+
+    def open(self) -> Archive:
+        try:
+            return Archive.open_readonly(self.path)
+        except FileNotFoundError:
+            raise NotFound(f"There is no archive at {self.path} yet. Start a run with "
+                           f"`cubepilot run --archive {self.path}`; this page shows it once it exists.") from None
+
+    def runs(self) -> list[dict]:
+        store = self.open()
+        try:
+            if not _has_schema(store):
+                return []
+            best = {b["id"]: b for b in store.best_per_run()}
+            ok = dict(store.db.execute("SELECT run_id, COUNT(*) FROM evaluations WHERE status = 'ok' GROUP BY run_id"))
+            return [dict(r, ok=ok.get(r["id"], 0), best_pct_roofline=best.get(r["id"], {}).get("pct_roofline"),
+                         best_strategy=best.get(r["id"], {}).get("strategy_id")) for r in store.runs()]
+        finally:
+            store.close()
+
+    def leaderboard(self, task: str | None = None, machine: str | None = None) -> list[dict]:
+        store = self.open()
+        try:
+            return store.best_per_run(task, machine) if _has_schema(store) else []
+        finally:
+            store.close()
+
+    def source(self, kernel_hash: str) -> str:
+        store = self.open()
+        try:
+            return store.source(kernel_hash)
+        except KeyError:
+            raise NotFound(f"The archive holds no source for kernel {kernel_hash}.") from None
+        finally:
+            store.close()
+
+    def run(self, run_id: str) -> RunData:
+        store = self.open()
+        try:
+            if not _has_schema(store):
+                raise NotFound(f"The archive at {self.path} holds no runs yet, so there is no run {run_id}.")
+            head = store.db.execute("SELECT created, status, config FROM runs WHERE id = ?", (run_id,)).fetchone()
+            if head is None:
+                raise NotFound(f"There is no run {run_id} in {self.path}.")
+            key = store.fingerprint(run_id)
+            with self._lock:
+                hit = self._cache.get(run_id)
+            if hit and hit[0] == key:
+                return hit[1]
+            data = _load_run(store, run_id, *head)
+        finally:
+            store.close()
+        with self._lock:
+            if len(self._cache) > 16:
+                self._cache.pop(next(iter(self._cache)))
+            self._cache[run_id] = (key, data)
+        return data
+
+
+def _has_schema(store: Archive) -> bool:
+    return store.db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'evaluations'").fetchone() \
+        is not None
+
+
+def _load_run(store: Archive, run_id: str, created: float, status: str, config_json: str) -> RunData:
+    try:
+        config = RunConfig.model_validate_json(config_json)
+    except ValidationError:          # a config written by another version: show what it says
+        config = RunConfig.model_construct(**json.loads(config_json))
+    rows, unreadable = [], 0
+    for seq, attempt, body, kernel_hash, result in store.raw_evaluations(run_id):
+        try:
+            rows.append(EvalRow(seq, attempt, Strategy.model_validate_json(body), kernel_hash,
+                                EvalResult.model_validate_json(result)))
+        except ValidationError:
+            unreadable += 1
+    roof, note = run_roof(config.task, config.machine, config.shape)
+    return RunData(run_id, status, created, config, tuple(rows), unreadable, tuple(point(r) for r in rows), roof, note)

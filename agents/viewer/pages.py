@@ -1,0 +1,161 @@
+"""What each viewer page shows, built from the read model: the run page's charts and tables,
+the kernel page's strategy, source, diffs, lineage and results, and the leaderboard. The
+HTML templates and the JSON API both take their data from here.
+"""
+from __future__ import annotations
+
+import difflib
+import math
+import re
+from dataclasses import asdict
+
+from markupsafe import Markup
+from pygments import highlight
+from pygments.formatters import HtmlFormatter
+from pygments.lexers import DiffLexer, PythonLexer
+
+from agents.viewer import charts
+from agents.viewer.data import ArchiveReader, NotFound, Point, RunData, convergence, failures, families, pareto
+from agents.viewer.timeline import Timeline
+from strategies.archive import EvalRow
+
+RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,79}$")
+STRATEGY_ID = re.compile(r"^[0-9a-f]{12}$")
+FORMATTER = HtmlFormatter(linenos="table", cssclass="src", anchorlinenos=True, lineanchors="L")
+DIFF_FORMATTER = HtmlFormatter(cssclass="diff")
+PYGMENTS_CSS = FORMATTER.get_style_defs(".src") + "\n" + DIFF_FORMATTER.get_style_defs(".diff")
+
+
+def check_run_id(run_id: str) -> str:
+    if not RUN_ID.match(run_id):
+        raise NotFound(f"{run_id[:80]!r} is not a run id; run ids look like 20260101-120000-ab12cd "
+                       "(see the runs list).")
+    return run_id
+
+
+def check_strategy_id(strategy_id: str) -> str:
+    if not STRATEGY_ID.match(strategy_id):
+        raise NotFound(f"{strategy_id[:80]!r} is not a strategy id; strategy ids are 12 hex digits, "
+                       "as the run page lists them.")
+    return strategy_id
+
+
+def kernel_url(run_id: str, strategy_id: str) -> str:
+    return f"/runs/{run_id}/kernels/{strategy_id}"
+
+
+def _num(x):
+    return None if isinstance(x, float) and not math.isfinite(x) else x
+
+
+def run_page(run: RunData) -> dict:
+    """Everything the run page draws: charts as SVG, family and failure tables, the best kernels."""
+    link = lambda p: kernel_url(run.id, p.strategy_id)              # noqa: E731
+    points = list(run.points)
+    front = pareto(points)
+    fams = families(points)
+    top_fam = max((f.best_tflops or 0 for f in fams), default=0)
+    ok = sorted((r for r in run.rows if r.result.ok), key=lambda r: r.result.time_ns)
+    return dict(
+        run=run, points=points, best=run.best, front=front, families=fams, failures=failures(run),
+        ok_count=len(run.ok_points), top=ok[:15],
+        convergence_svg=Markup(charts.convergence_svg(points, convergence(points), link)),
+        pareto_svg=Markup(charts.pareto_svg(points, front, link)),
+        roofline_svg=Markup(charts.roofline_svg(run.roof, points, link, run.config.shape)) if run.roof else None,
+        families_svg=Markup(charts.bars_svg(
+            [(f.family, f.best_tflops or 0.0, f"best {f.best_tflops or 0:.2f} TFLOP/s, {f.ok}/{f.evaluations} ok",
+              kernel_url(run.id, f.best_strategy) if f.best_strategy else None) for f in fams],
+            top_fam, "technique families")),
+    )
+
+
+def _speedup(child: EvalRow, parent: EvalRow) -> str:
+    c, p = child.result, parent.result
+    if c.ok and p.ok and c.time_ns and p.time_ns:
+        ratio = p.time_ns / c.time_ns
+        return f"{ratio:.2f}x {'faster' if ratio >= 1 else 'slower'} than its parent"
+    return f"{c.status.value} (parent {p.status.value})"
+
+
+def knob_changes(parent: EvalRow, child: EvalRow) -> list[tuple[str, str, str]]:
+    a, b = parent.strategy.knobs, child.strategy.knobs
+    rows = [(k, str(a.get(k, "-")), str(b.get(k, "-"))) for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+    if parent.strategy.family != child.strategy.family:
+        rows.insert(0, ("family", parent.strategy.family, child.strategy.family))
+    return rows
+
+
+def source_diff(old: str, new: str, old_name: str, new_name: str) -> str:
+    return "".join(difflib.unified_diff(old.splitlines(True), new.splitlines(True), old_name, new_name, n=3))
+
+
+def kernel_page(reader: ArchiveReader, run: RunData, strategy_id: str, timeline: Timeline | None,
+                timeline_error: str = "") -> dict:
+    row = run.latest(check_strategy_id(strategy_id))
+    if row is None:
+        raise NotFound(f"Run {run.id} evaluated no strategy {strategy_id}.")
+    source = reader.source(row.kernel_hash)
+    r = row.result
+    parents = []
+    for pid in row.strategy.parents:
+        prow = run.latest(pid)
+        if prow is None:
+            parents.append(dict(id=pid, row=None))
+            continue
+        diff = source_diff(reader.source(prow.kernel_hash), source, f"{pid}.py", f"{row.strategy.id}.py")
+        parents.append(dict(id=pid, row=prow, speedup=_speedup(row, prow), knobs=knob_changes(prow, row),
+                            diff=Markup(highlight(diff, DiffLexer(), DIFF_FORMATTER)) if diff else None))
+    children = [dict(row=c, speedup=_speedup(c, row)) for c in run.children(row.strategy.id)]
+    worst = max((e / r.budgets[d] for d, e in r.errors.items() if r.budgets.get(d)), default=0.0)
+    error_bars = [(d, e / r.budgets[d], f"{e:.2e} of {r.budgets[d]:.1e} ({e / r.budgets[d]:.0%})", None)
+                  for d, e in r.errors.items() if r.budgets.get(d)]
+    pipes = sorted(r.pipe_busy.items(), key=lambda kv: -kv[1])
+    return dict(
+        run=run, row=row, result=r, strategy=row.strategy, parents=parents, children=children,
+        ancestry=run.ancestry(row.strategy.id),
+        source=Markup(highlight(source, PythonLexer(), HtmlFormatter(
+            linenos="table", cssclass="src", anchorlinenos=True, lineanchors="L", hl_lines=[r.line] if r.line else []))),
+        errors_svg=Markup(charts.bars_svg(error_bars, max(worst, 1.0), "error vs budget", log=True, mark=1.0))
+        if error_bars else None,
+        pipes_svg=Markup(charts.bars_svg([(p, f, f"{f:.0%}", None) for p, f in pipes], 1.0, "pipe busy"))
+        if pipes else None,
+        timeline=timeline, timeline_error=timeline_error,
+        gantt_svg=Markup(charts.gantt_svg(list(timeline.ops), list(timeline.pipes), timeline.clock_ghz))
+        if timeline else None,
+    )
+
+
+def leaderboard_groups(rows: list[dict]) -> list[dict]:
+    """Runs grouped by (task, machine, shape), each group ranked by its best kernel's time."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        groups.setdefault((r["task"], r["machine"], r["shape"]), []).append(r)
+    return [dict(task=t, machine=m, shape=s, rows=sorted(g, key=lambda r: r["time_ns"]))
+            for (t, m, s), g in sorted(groups.items())]
+
+
+# ---------------------------------------------------------------- JSON API
+def point_json(p: Point) -> dict:
+    return asdict(p)
+
+
+def run_json(run: RunData) -> dict:
+    return dict(id=run.id, status=run.status, created=run.created, config=run.config.model_dump(),
+                unreadable_rows=run.unreadable, roofline=asdict(run.roof) if run.roof else None,
+                evaluations=[point_json(p) for p in run.points],
+                convergence=convergence(list(run.points)),
+                pareto=[[p.seq, p.attempt] for p in pareto(list(run.points))],
+                families=[asdict(f) for f in families(list(run.points))],
+                failures=[asdict(f) for f in failures(run)])
+
+
+def kernel_json(reader: ArchiveReader, run: RunData, strategy_id: str) -> dict:
+    row = run.latest(check_strategy_id(strategy_id))
+    if row is None:
+        raise NotFound(f"Run {run.id} evaluated no strategy {strategy_id}.")
+    result = {k: _num(v) for k, v in row.result.model_dump(mode="json").items()}
+    return dict(run=run.id, seq=row.seq, attempt=row.attempt, strategy=row.strategy.model_dump(mode="json"),
+                strategy_id=row.strategy.id, kernel_hash=row.kernel_hash, source=reader.source(row.kernel_hash),
+                result=result, parents=list(row.strategy.parents),
+                children=[c.strategy.id for c in run.children(row.strategy.id)],
+                ancestry=[a.strategy.id for a in run.ancestry(row.strategy.id)])
