@@ -1,4 +1,4 @@
-"""`cubepilot archive ...`: read the recorded runs (ls, show, lineage, export)."""
+"""`cubepilot archive ...`: read the recorded runs (ls, show, lineage, export, diff, leaderboard)."""
 from __future__ import annotations
 
 import json
@@ -8,11 +8,13 @@ from pathlib import Path
 import typer
 from rich import box
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from strategies.archive import Archive
 
-archive_app = typer.Typer(help="Look at recorded runs: ls, show, lineage, export.", no_args_is_help=True)
+archive_app = typer.Typer(help="Look at recorded runs: ls, show, lineage, export, diff, leaderboard.",
+                          no_args_is_help=True)
 console = Console()
 ARCHIVE_OPTION = typer.Option(Path(".cubepilot") / "archive.sqlite", "--archive", help="archive SQLite file")
 
@@ -112,3 +114,91 @@ def export(run_id: str, directory: Path, archive: Path = ARCHIVE_OPTION,
         (directory / f"{stem}.json").write_text(json.dumps({"strategy": r.strategy.model_dump(mode="json"),
                                                             "result": r.result.model_dump(mode="json")}, indent=2))
     console.print(f"wrote {len(rows)} kernels to {directory}")
+
+
+def _strategy_ref(store: Archive, ref: str, run_id: str | None):
+    """A strategy given as ID or RUN:ID -> (run id, strategy, result, kernel hash)."""
+    if ":" in ref:
+        run_id, ref = ref.rsplit(":", 1)
+    try:
+        return store.find_strategy(ref, run_id)
+    except KeyError as exc:
+        Console(stderr=True).print(f"[bold red]error:[/] {exc.args[0]}", highlight=False)
+        raise typer.Exit(2)
+
+
+def _figure(result) -> str:
+    if result is None:
+        return "never evaluated"
+    return f"{result.tflops:.2f} TFLOP/s, {result.bottleneck}" if result.ok else result.status.value
+
+
+@archive_app.command("diff")
+def diff(a: str = typer.Argument(..., help="strategy id (or RUN:ID) of the old side"),
+         b: str = typer.Argument(..., help="strategy id (or RUN:ID) of the new side"),
+         run: str = typer.Option(None, "--run", help="look both ids up in this run (default: newest run holding each)"),
+         archive: Path = ARCHIVE_OPTION) -> None:
+    """Compare two strategies: family, plan, technique tags and knobs, then their kernels' source."""
+    import difflib
+
+    from rich.syntax import Syntax
+
+    store = _open(archive)
+    (run_a, sa, ra, ha), (run_b, sb, rb, hb) = _strategy_ref(store, a, run), _strategy_ref(store, b, run)
+    for s, run_s, r in ((sa, run_a, ra), (sb, run_b, rb)):
+        console.print(f"[bold]{s.id}[/] (run {run_s}) {s.family} {escape(f'[{s.origin}]')}: {_figure(r)}",
+                      highlight=False)
+    if ra is not None and rb is not None and ra.ok and rb.ok and rb.time_ns:
+        console.print(f"{sb.id} is {ra.time_ns / rb.time_ns:.2f}x the speed of {sa.id}", highlight=False)
+    table = Table(box=box.SIMPLE_HEAD, title="Strategy")
+    for col in ("field", sa.id, sb.id):
+        table.add_column(col)
+    rows = [("family", sa.family, sb.family), ("origin", sa.origin, sb.origin),
+            ("parents", " ".join(sa.parents) or "-", " ".join(sb.parents) or "-")]
+    for name, x, y in ((f"tag {k}", sa.tags.get(k), sb.tags.get(k)) for k in sorted(set(sa.tags) | set(sb.tags))):
+        rows.append((name, str(x if x is not None else "-"), str(y if y is not None else "-")))
+    for k in sorted(set(sa.knobs) | set(sb.knobs)):
+        rows.append((f"knob {k}", str(sa.knobs.get(k, "-")), str(sb.knobs.get(k, "-"))))
+    for name, x, y in rows:
+        style = "bold yellow" if x != y else None
+        table.add_row(name, x, y, style=style)
+    console.print(table)
+    if sa.plan != sb.plan:
+        console.print(f"plan {sa.id}: {sa.plan}\nplan {sb.id}: {sb.plan}", highlight=False)
+    if ha is None or hb is None:
+        console.print("no source diff: one of them was never evaluated, so no kernel is recorded")
+        return
+    text = "".join(difflib.unified_diff(store.source(ha).splitlines(True), store.source(hb).splitlines(True),
+                                        f"{sa.id}.py", f"{sb.id}.py"))
+    console.print(Syntax(text, "diff", theme="ansi_dark", background_color="default") if text else "identical source")
+
+
+@archive_app.command("leaderboard")
+def leaderboard(task: str = typer.Option(None, "--task", "-t", help="only runs of this task"),
+                machine: str = typer.Option(None, "--machine", "-m", help="only runs on this machine"),
+                archive: Path = ARCHIVE_OPTION,
+                as_json: bool = typer.Option(False, "--json", help="print one JSON object")) -> None:
+    """Rank runs by their fastest ok kernel, within each task, machine and shape."""
+    store = _open(archive)
+    rows = store.best_per_run(task, machine)
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        groups.setdefault((r["task"], r["machine"], r["shape"]), []).append(r)
+    if as_json:
+        print(json.dumps({"groups": [{"task": t, "machine": m, "shape": s,
+                                      "runs": [{k: v for k, v in r.items() if k != "config"} for r in g]}
+                                     for (t, m, s), g in sorted(groups.items())]}))
+        return
+    if not groups:
+        console.print("no run" + (f" of task {task}" if task else "") + (f" on {machine}" if machine else "")
+                      + " has an ok kernel yet")
+        return
+    for (t, m, s), group in sorted(groups.items()):
+        table = Table(box=box.SIMPLE_HEAD, title=f"{t} on {m} at {s}")
+        for col in ("#", "run", "backend/mode/seed", "evals", "TFLOP/s", "% roof", "best strategy"):
+            table.add_column(col, no_wrap=True, justify="right" if col in ("#", "evals", "TFLOP/s", "% roof") else "left")
+        for rank, r in enumerate(sorted(group, key=lambda r: r["time_ns"]), 1):
+            config = json.loads(r["config"])
+            table.add_row(str(rank), r["id"], f"{r['backend']}/{config.get('mode', '-')}/{config.get('seed', '-')}",
+                          str(r["evaluations"]), f"{r['tflops']:.2f}", f"{r['pct_roofline']:.1f}", r["strategy_id"])
+        console.print(table)

@@ -136,6 +136,20 @@ class Archive:
                                   JOIN strategies s ON s.id = e.strategy_id AND s.run_id = e.run_id
                                   WHERE e.run_id = ? ORDER BY e.seq, e.attempt""", (run_id,)).fetchall()
 
+    def find_strategy(self, strategy_id: str, run_id: str | None = None) -> tuple[str, Strategy, EvalResult | None, str | None]:
+        """(run id, strategy, its latest result and kernel hash, or None if never evaluated) of a strategy
+        id, in the given run or the newest run that holds it; KeyError if no run does."""
+        row = self.db.execute("""SELECT s.run_id, s.body FROM strategies s JOIN runs r ON r.id = s.run_id
+                                 WHERE s.id = ? AND (? IS NULL OR s.run_id = ?) ORDER BY r.created DESC LIMIT 1""",
+                              (strategy_id, run_id, run_id)).fetchone()
+        if row is None:
+            where = f"run {run_id}" if run_id else self.path
+            raise KeyError(f"no strategy {strategy_id!r} in {where} (strategy ids are listed by `cubepilot archive show RUN`)")
+        ev = self.db.execute("""SELECT kernel_hash, result FROM evaluations WHERE run_id = ? AND strategy_id = ?
+                                ORDER BY seq DESC, attempt DESC LIMIT 1""", (row[0], strategy_id)).fetchone()
+        result = EvalResult.model_validate_json(ev[1]) if ev else None
+        return row[0], Strategy.model_validate_json(row[1]), result, ev[0] if ev else None
+
     def source(self, kernel_hash: str) -> str:
         row = self.db.execute("SELECT source FROM kernels WHERE hash = ?", (kernel_hash,)).fetchone()
         if row is None:
