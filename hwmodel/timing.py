@@ -3,9 +3,9 @@
 Each op waits for its pipe, for the scalar unit to issue it, and for the buffers it
 touches (read-after-write, write-after-read, write-after-write); overlap between pipes
 therefore emerges from double buffering. GM transfers are processed across cores in
-simulated time order: an LRU L2 tracks which blocks of each tensor are resident, hits
-and misses are charged at the per-core link rate or at the core's fair share of L2/HBM
-bandwidth, whichever is lower.
+simulated time order: an LRU L2 tracks which GM sectors of each block of a tensor are
+resident (exactly what a transfer paid for, no more), hits and misses are charged at the
+per-core link rate or at the core's fair share of L2/HBM bandwidth, whichever is lower.
 """
 from __future__ import annotations
 
@@ -47,7 +47,12 @@ class TimingResult:
 
 
 class _GmAccess:
-    """Static facts of one GM transfer: L2 blocks touched, bytes charged, link rates."""
+    """Static facts of one GM transfer: the sectors of each L2 block it touches, bytes charged, link rates.
+
+    An L2 block is `l2_block_rows` rows x `l2_block_bytes // sector_bytes` sectors; its residency is
+    one bit per (row, sector), bit row * sectors_per_block + sector. A transfer charges whole sectors
+    and marks exactly the sectors it charged, so hit bytes = resident & touched bits x sector bytes.
+    """
 
     __slots__ = ("blocks", "is_write", "charged_bytes", "path_bpc", "setup", "pipe_index")
 
@@ -60,29 +65,36 @@ class _GmAccess:
         self.setup = path.setup_cycles
         self.pipe_index = machine.pipes.index(path.pipe)
         gm = machine.gm
-        bits = BITS[view.dtype]
-        cols = base_shape[-1]
-        c0 = view.offset[-1] * bits // 8
-        c1 = ceil((view.offset[-1] + view.extent[-1]) * bits / 8)
-        sectors = ceil(c1 / gm.sector_bytes) - c0 // gm.sector_bytes
+        sector, per_block, s0, s1, blocks_per_row = _sector_geometry(view, gm, base_shape)
         runs = _row_runs(view.offset[:-1], view.extent[:-1], base_shape[:-1])
-        n_rows = sum(r1 - r0 for r0, r1 in runs)
-        self.charged_bytes = n_rows * sectors * gm.sector_bytes
-        row_bytes = ceil(cols * bits / 8)
+        self.charged_bytes = sum(r1 - r0 for r0, r1 in runs) * (s1 - s0) * sector
         tensor = tensor_index[view.base]
-        br, bb = gm.l2_block_rows, gm.l2_block_bytes
-        blocks_per_row = ceil(row_bytes / bb)
-        blocks: list[tuple[int, int, float]] = []   # (block key, mask of its rows touched, bytes per row)
-        inflate = self.charged_bytes / max(1, n_rows * (c1 - c0))
+        br = gm.l2_block_rows
+        repunit = ((1 << (per_block * br)) - 1) // ((1 << per_block) - 1)   # bit 0 of every row of a block
+        col_masks = []   # (block column, its sectors touched in one row)
+        for cb in range(s0 // per_block, (s1 - 1) // per_block + 1):
+            a, b = max(s0, cb * per_block) - cb * per_block, min(s1, (cb + 1) * per_block) - cb * per_block
+            col_masks.append((cb, ((1 << (b - a)) - 1) << a))
+        blocks: list[tuple[int, int]] = []   # (block key, mask of its (row, sector) bits touched)
         for r0, r1 in runs:
             for rb in range(r0 // br, (r1 - 1) // br + 1):
                 lo, hi = max(r0, rb * br) - rb * br, min(r1, (rb + 1) * br) - rb * br
-                rows = ((1 << (hi - lo)) - 1) << lo
-                for cb in range(c0 // bb, (c1 - 1) // bb + 1):
-                    cols_in = min(c1, (cb + 1) * bb) - max(c0, cb * bb)
-                    key = (tensor << 40) | (rb * blocks_per_row + cb)
-                    blocks.append((key, rows, cols_in * inflate))
+                rows = (repunit >> (per_block * (br - (hi - lo)))) << (per_block * lo)
+                for cb, cols in col_masks:
+                    blocks.append(((tensor << 40) | (rb * blocks_per_row + cb), rows * cols))
         self.blocks = tuple(blocks)
+
+
+def _sector_geometry(view, gm, base_shape: tuple[int, ...]) -> tuple[int, int, int, int, int]:
+    """(sector bytes, sectors per L2 block row, first and end sector of a row the view touches,
+    L2 blocks per tensor row). Rows start on a sector boundary."""
+    bits = BITS[view.dtype]
+    sector = gm.sector_bytes
+    per_block = max(1, gm.l2_block_bytes // sector)
+    s0 = view.offset[-1] * bits // 8 // sector
+    s1 = ceil(ceil((view.offset[-1] + view.extent[-1]) * bits / 8) / sector)
+    blocks_per_row = ceil(ceil(ceil(base_shape[-1] * bits / 8) / sector) / per_block)
+    return sector, per_block, s0, s1, blocks_per_row
 
 
 def _row_runs(offset: tuple[int, ...], extent: tuple[int, ...], shape: tuple[int, ...]) -> list[tuple[int, int]]:
@@ -120,7 +132,8 @@ def _simulate_timing(trace: Trace, machine: MachineSpec, timeline_core: int | No
     issue = machine.issue_cycles
     s_pipe = pipes.index("S")
     l2_capacity = gm.l2_bytes // (gm.l2_block_rows * gm.l2_block_bytes)
-    l2: OrderedDict[int, int] = OrderedDict()   # block key -> bit mask of resident rows
+    l2: OrderedDict[int, int] = OrderedDict()   # block key -> bit mask of resident (row, sector)s
+    sector_bytes = gm.sector_bytes
     stats = {"hit": 0.0, "miss": 0.0}
 
     # ---- compile each core's ops into tuples the loop can run fast; identical
@@ -180,18 +193,18 @@ def _simulate_timing(trace: Trace, machine: MachineSpec, timeline_core: int | No
     timeline: list[tuple[int, str, float, float]] = []
 
     def gm_time(access: _GmAccess) -> tuple[float, float]:
-        """Hit and miss bytes of one transfer; L2 residency is tracked per block and row."""
-        hit = miss = 0.0
-        for key, rows, row_bytes in access.blocks:
+        """Hit and miss bytes of one transfer; L2 residency is tracked per block, row and sector."""
+        hit_sectors = 0
+        for key, cells in access.blocks:
             resident = l2.pop(key, 0)
-            l2[key] = resident | rows
-            hit_rows = (resident & rows).bit_count()
-            hit += hit_rows * row_bytes
-            miss += (rows.bit_count() - hit_rows) * row_bytes
+            l2[key] = resident | cells
+            hit_sectors += (resident & cells).bit_count()
         while len(l2) > l2_capacity:
             l2.popitem(last=False)
+        hit = hit_sectors * sector_bytes
+        miss = access.charged_bytes - hit
         if access.is_write:   # write-allocate in L2; the data still goes to HBM
-            nbytes = hit + miss
+            nbytes = access.charged_bytes
             stats["miss"] += nbytes
             rate = min(access.path_bpc, gm.core_hbm_bytes_per_cycle, hbm_share)
             return access.setup + nbytes / rate, 0.0

@@ -302,3 +302,56 @@ def test_vector_ops_cost_issue_and_startup_per_instruction():
     assert t_one.cycles == pytest.approx(spec.issue_cycles + 64 * 64 * 4 / vec.bytes_per_cycle + vec.startup_cycles)
     # 64 ops of one repeat each: each pays its startup; issuing overlaps the previous op, except the first
     assert t_many.cycles == pytest.approx(spec.issue_cycles + 64 * (1 + vec.startup_cycles))
+
+
+# ---------------------------------------------------------------- L2 residency = what was charged
+def sliver_pretouch(pretouch: bool):
+    """Core 0 loads a 64 x 512 fp16 panel (8 L2 blocks of 32 rows x 256 B); the gaming variant
+    first reads a 32-B sliver of every 256-B block row, hoping the whole rows turn resident."""
+    def kernel(k, a, c):
+        if k.core_id == 0:
+            l1 = k.alloc("L1", (64, 512), "fp16")
+            if pretouch:
+                for cb in range(4):
+                    k.copy(l1[:, 0:16], a[:, 128 * cb:128 * cb + 16])
+            k.copy(l1, a)
+    return kernel, [TensorArg("a", (64, 512), "fp16"), TensorArg("c", (1, 1), "fp32", "output")]
+
+
+def test_pretouching_slivers_buys_no_hits_beyond_what_it_paid():
+    spec = machine(M910)
+    plain = simulate(sliver_pretouch(False)[0], spec, sliver_pretouch(False)[1]).timing
+    gaming = simulate(sliver_pretouch(True)[0], spec, sliver_pretouch(True)[1]).timing
+    panel, slivers = 64 * 512 * 2, 4 * 64 * spec.gm.sector_bytes
+    assert plain.l2_hit_bytes == 0 and plain.hbm_bytes == panel
+    # the slivers were fetched once (paid) and hit once; the rest of every row still comes from HBM
+    assert gaming.hbm_bytes == panel and gaming.l2_hit_bytes == slivers
+    assert gaming.cycles > plain.cycles
+
+
+def test_l2_hits_are_the_sectors_touched_before(rng):
+    """Independent formula: with an L2 larger than the tensor, a run of reads on one core misses
+    on exactly the distinct (row, 32-B sector) cells it touches and hits on every repeat."""
+    rows, cols, views = 96, 200, []                           # fp16 rows of 400 B: 12.5 sectors
+    for _ in range(40):
+        r0, c0 = int(rng.integers(0, rows)), int(rng.integers(0, cols))
+        r1, c1 = int(rng.integers(r0 + 1, min(rows, r0 + 40) + 1)), int(rng.integers(c0 + 1, min(cols, c0 + 96) + 1))
+        views.append((r0, r1, c0, c1))
+
+    def kernel(k, a, c):
+        if k.core_id == 0:
+            ub = k.alloc("UB", (40, 96), "fp16")
+            for r0, r1, c0, c1 in views:
+                k.copy(ub[0:r1 - r0, 0:c1 - c0], a[r0:r1, c0:c1])
+
+    spec = machine(M910)
+    t = simulate(kernel, spec, [TensorArg("a", (rows, cols), "fp16"), TensorArg("c", (1, 1), "fp32", "output")]).timing
+    sector = spec.gm.sector_bytes
+    seen = np.zeros((rows, -(-cols * 2 // sector)), bool)
+    charged = 0
+    for r0, r1, c0, c1 in views:
+        s0, s1 = c0 * 2 // sector, -(-c1 * 2 // sector)
+        charged += (r1 - r0) * (s1 - s0) * sector
+        seen[r0:r1, s0:s1] = True
+    assert t.hbm_bytes == int(seen.sum()) * sector
+    assert t.l2_hit_bytes == charged - t.hbm_bytes
