@@ -7,6 +7,7 @@ where it happens and appended to the core's trace. No data is touched here.
 from __future__ import annotations
 
 import gc
+import re
 import sys
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -15,7 +16,8 @@ from typing import Callable, Sequence
 
 from hwmodel.dtypes import BITS, check_dtype, nbytes
 from hwmodel.errors import BoundsError, CapacityError, HwError, ShapeError
-from hwmodel.limits import MAX_OPS_PER_CORE
+from hwmodel.limits import (MAX_BUFFERS_PER_CORE, MAX_NAME_CHARS, MAX_OPS_PER_CORE, MAX_VIEW_RANK,
+                            MAX_WORKSPACE_BYTES, MAX_WORKSPACES)
 from hwmodel.ops import COMPARE_MODES, Op, check_op
 from hwmodel.spec import MachineSpec
 from hwmodel.views import BufferDecl, Ring, TensorDecl, View
@@ -86,6 +88,10 @@ class _Shared:
                                  f"core and as {shape} {dtype} here; every core must request the same workspaces")
             return self.workspace_views[index]
         decl = TensorDecl(self.next_id, name, shape, dtype, "workspace")
+        total = sum(tensor_bytes(d) for d in self.decls) + tensor_bytes(decl)
+        if total > MAX_WORKSPACE_BYTES:
+            raise CapacityError(f"workspace: {total:,} B of GM workspaces requested, at most "
+                                f"{MAX_WORKSPACE_BYTES:,} B per kernel")
         self.next_id += 1
         self.decls.append(decl)
         self.workspace_views.append(View.whole("GM", decl.id, 0, decl.shape, decl.dtype))
@@ -122,13 +128,13 @@ class Kernel:
         if space not in machine.memories:
             raise HwError(f"alloc: {machine.name} has no on-chip memory {space!r}; "
                           f"it has {', '.join(machine.memories)} (GM tensors come from k.workspace)")
-        shape = tuple(int(s) for s in shape)
-        if not shape or any(s <= 0 for s in shape):
-            raise ShapeError(f"alloc: shape {shape} must have at least one dimension, all positive")
+        shape = _dims("alloc", shape)
         check_dtype(dtype)
         if count < 1:
             raise ShapeError(f"alloc: count must be >= 1, got {count}")
-        name = name or f"{space.lower()}_{len(self._buffers)}"
+        if len(self._buffers) >= MAX_BUFFERS_PER_CORE:
+            raise CapacityError(f"alloc: more than {MAX_BUFFERS_PER_CORE} buffers on one core; reuse rings")
+        name = check_name("alloc", name or f"{space.lower()}_{len(self._buffers)}")
         need = slot_bytes(machine, space, shape, dtype) * count
         cap = machine.memories[space].capacity_bytes
         if self._used[space] + need > cap:
@@ -143,13 +149,13 @@ class Kernel:
 
     def workspace(self, shape: Sequence[int], dtype: str, name: str = "") -> View:
         """A GM scratch tensor shared by all cores (write it, k.barrier(), then read it)."""
-        shape = tuple(int(s) for s in shape)
-        if not shape or any(s <= 0 for s in shape):
-            raise ShapeError(f"workspace: shape {shape} must have at least one dimension, all positive")
+        shape = _dims("workspace", shape)
         check_dtype(dtype)
         index = self._n_workspaces
+        if index >= MAX_WORKSPACES:
+            raise CapacityError(f"workspace: more than {MAX_WORKSPACES} workspaces; reuse them")
         self._n_workspaces += 1
-        return self._shared.workspace(index, shape, dtype, name or f"workspace_{index}")
+        return self._shared.workspace(index, shape, dtype, check_name("workspace", name or f"workspace_{index}"))
 
     def capacity(self, space: str) -> int:
         """Bytes of `space` still free on this core."""
@@ -348,6 +354,21 @@ class Kernel:
 
 
 KernelFn = Callable[..., None]
+_NAME = re.compile(r"[A-Za-z0-9_.-]+")
+
+
+def check_name(what: str, name) -> str:
+    """Buffer and workspace names appear in messages shown to people and models: short identifiers only."""
+    if type(name) is not str or len(name) > MAX_NAME_CHARS or not _NAME.fullmatch(name):
+        raise HwError(f"{what}: a name is at most {MAX_NAME_CHARS} letters, digits, '_', '.' or '-'")
+    return name
+
+
+def _dims(what: str, shape: Sequence[int]) -> tuple[int, ...]:
+    shape = tuple(int(s) for s in shape)
+    if not shape or len(shape) > MAX_VIEW_RANK or any(s <= 0 for s in shape):
+        raise ShapeError(f"{what}: shape {shape} must have 1 to {MAX_VIEW_RANK} dimensions, all positive")
+    return shape
 
 
 @contextmanager

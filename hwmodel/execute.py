@@ -13,14 +13,12 @@ from hwmodel import numerics
 from hwmodel.dtypes import FLOATS, NUMPY
 from hwmodel.dsl import Trace
 from hwmodel.ops import Op
+from hwmodel.slicing import backward_slice, phases
+from hwmodel.slicing import index as _index
 from hwmodel.spec import MachineSpec
 from hwmodel.views import View
 
 _POISON_INT = 0x5A  # uninitialised integer buffers hold garbage, not zeros
-
-
-def _index(v: View) -> tuple:
-    return tuple(slice(o, o + e) for o, e in zip(v.offset, v.extent))
 
 
 class _Memory:
@@ -60,34 +58,35 @@ def _uninitialised(shape: tuple[int, ...], dtype: str) -> np.ndarray:
     return np.full(shape, _POISON_INT, np.int64).astype(NUMPY[dtype])
 
 
-def _phases(ops: tuple[Op, ...]) -> list[list[Op]]:
-    phases: list[list[Op]] = [[]]
-    for op in ops:
-        if op.kind == "barrier":
-            phases.append([])
-        else:
-            phases[-1].append(op)
-    return phases
-
-
 def run_numeric(trace: Trace, machine: MachineSpec, gm: dict[int, np.ndarray],
-                cores: set[int] | None = None) -> dict[int, np.ndarray]:
+                cores: set[int] | None = None, targets: dict[int, np.ndarray] | None = None) -> dict[int, np.ndarray]:
     """Replay `trace` on the GM arrays (modified in place). Returns, per output tensor id, a
-    boolean mask of the elements that some op wrote (on any core, replayed or not)."""
+    boolean mask of the elements that some op wrote (on any core, replayed or not).
+
+    `cores`: replay only these cores in the last phase. `targets` (tensor id -> element mask):
+    replay only the backward slice of those elements, which end with their full-replay values
+    (other elements are unspecified)."""
     with threadpool_limits(1, user_api="blas"):   # thousands of small GEMMs: threads only contend
-        return _run(trace, machine, gm, cores)
+        return _run(trace, machine, gm, cores, targets)
 
 
-def _run(trace: Trace, machine: MachineSpec, gm: dict[int, np.ndarray], cores: set[int] | None) -> dict[int, np.ndarray]:
+def _run(trace: Trace, machine: MachineSpec, gm: dict[int, np.ndarray], cores: set[int] | None,
+         targets: dict[int, np.ndarray] | None) -> dict[int, np.ndarray]:
     mem = _Memory(gm)
-    per_core = [_phases(ops) for ops in trace.ops]
+    per_core = [phases(ops) for ops in trace.ops]
+    keep = backward_slice(trace, targets) if targets is not None else None
     n_phases = len(per_core[0]) if per_core else 0
     for phase in range(n_phases):
-        for core, phases in enumerate(per_core):
+        for core, core_phases in enumerate(per_core):
             if phase == n_phases - 1 and cores is not None and core not in cores:
                 continue
+            ops = core_phases[phase]
+            if keep is not None:
+                ops = [op for op, kept in zip(ops, keep[phase][core]) if kept]
+                if not ops:
+                    continue
             mem.select_core(core, trace.buffers[core])
-            for op in phases[phase]:
+            for op in ops:
                 _HANDLERS[op.kind](op, mem, machine)
     return coverage(trace)
 

@@ -7,6 +7,7 @@ sharing depend on what the other cores did).
 """
 from __future__ import annotations
 
+import math
 from math import ceil, prod
 
 from hwmodel.dtypes import BITS, FLOATS, INTS
@@ -64,10 +65,63 @@ def check_alignment(view: View, machine: MachineSpec, op: Op) -> None:
 
 # ---------------------------------------------------------------- per-kind rules
 def check_op(op: Op, machine: MachineSpec) -> None:
+    """Every rule of the op: operand counts and ranks, parameters, then its kind's rules. The
+    recorder and the trusted validation of a received trace both call this, so an op that
+    passes is one the replay and the timing engine can compute."""
     check = _CHECKS.get(op.kind)
     if check is None:
         raise HwError(f"unknown op kind {op.kind!r}")
+    n_dst, n_src = ARITY[op.kind]
+    if len(op.dst) != n_dst or len(op.src) != n_src:
+        raise _fail(ShapeError, op, f"takes {n_dst} destination(s) and {n_src} source(s), "
+                    f"got {len(op.dst)} and {len(op.src)}")
+    if op.kind in VECTOR_KINDS or op.kind == "mma":
+        for v in op.dst + op.src:
+            if not 1 <= len(v.shape) <= 2:
+                raise _fail(ShapeError, op, f"operates on 1-D or 2-D views, got shape {v.shape} "
+                            "(index the leading dimensions away: t[b, h] is 2-D)")
+    _check_params(op)
     check(op, machine)
+
+
+# ---------------------------------------------------------------- operands and parameters
+ARITY = {"copy": (1, 1), "mma": (1, 2), "barrier": (0, 0), "cast": (1, 1), "split_fp16": (2, 1), "fill": (1, 0),
+         "random": (1, 0), "axpy": (1, 2), "mla": (1, 3), "compare": (1, 2), "quantize": (1, 2),
+         "dequantize": (1, 3), "lut": (1, 1),
+         **{k: (1, 2) for k in ("add", "sub", "mul", "div", "max", "min")},
+         **{k: (1, 1) for k in ("adds", "muls", "maxs", "exp", "abs", "reduce_max", "reduce_sum")}}
+MAX_LUT_SEGMENTS = 64
+
+
+def _is_float(x) -> bool:
+    return type(x) is float
+
+
+def _check_params(op: Op) -> None:
+    """Parameters exactly as the DSL records them (a forged trace may carry anything)."""
+    kind, p = op.kind, op.params
+    if kind in ("copy", "barrier", "cast", "exp", "abs", "add", "sub", "mul", "div", "max", "min", "reduce_max",
+                "reduce_sum", "quantize", "dequantize", "mla"):
+        ok = p == ()
+    elif kind == "mma":
+        ok = len(p) == 2 and all(type(x) is bool for x in p)
+    elif kind in ("fill", "adds", "muls", "maxs", "axpy"):
+        ok = len(p) == 1 and _is_float(p[0])
+    elif kind == "split_fp16":
+        ok = len(p) == 1 and type(p[0]) is int and 0 <= p[0] <= 24
+    elif kind == "compare":
+        ok = len(p) == 1 and p[0] in COMPARE_MODES
+    elif kind == "random":
+        ok = len(p) == 3 and type(p[1]) is tuple and type(p[2]) is tuple   # values: _check_random
+    elif kind == "lut":
+        ok = len(p) == 3 and all(type(t) is tuple and all(_is_float(x) and not math.isnan(x) for x in t) for t in p)
+        if ok:
+            bp, sl, ic = p
+            ok = 1 <= len(bp) <= MAX_LUT_SEGMENTS and len(sl) == len(ic) == len(bp) + 1 and list(bp) == sorted(bp)
+    else:
+        ok = False
+    if not ok:
+        raise _fail(HwError, op, f"parameters {p!r} are not what the DSL records for {kind}")
 
 
 def _check_copy(op: Op, machine: MachineSpec) -> None:
@@ -121,8 +175,9 @@ def _check_mma(op: Op, machine: MachineSpec) -> None:
 
 
 def _broadcastable(src: tuple[int, ...], dst: tuple[int, ...]) -> bool:
+    """Equal ranks with equal or size-1 dimensions, or a single element of any rank up to dst's."""
     if len(src) != len(dst):
-        return prod(src) == 1
+        return prod(src) == 1 and len(src) <= len(dst)
     return all(s == d or s == 1 for s, d in zip(src, dst))
 
 
@@ -194,12 +249,13 @@ def _check_random(op: Op) -> None:
     if op.src or len(op.params) != 3:
         raise _fail(ShapeError, op, "takes a destination and (seed, origin, tensor_shape) only")
     seed, origin, shape = op.params
-    if not isinstance(seed, int) or not 0 <= seed < 2**32:
+    if type(seed) is not int or not 0 <= seed < 2**32:
         raise _fail(HwError, op, f"seed must be an int in 0..2**32-1, got {seed!r}")
     extent = dst.extent
     if (len(origin) != len(extent) or len(shape) != len(extent)
-            or any(not isinstance(x, int) for x in (*origin, *shape))
-            or any(o < 0 or o + e > s for o, e, s in zip(origin, extent, shape))):
+            or any(type(x) is not int for x in (*origin, *shape))
+            or any(o < 0 or o + e > s for o, e, s in zip(origin, extent, shape))
+            or prod(shape) >= 2**62):
         raise _fail(ShapeError, op, f"the block at origin {tuple(origin)} of extent {extent} must lie inside "
                     f"the logical tensor of shape {tuple(shape)} (one coordinate per dimension of the view)")
 

@@ -61,9 +61,12 @@ def simulate(kernel_fn: KernelFn, machine: MachineSpec, args: Sequence[TensorArg
 
 
 def replay(trace: Trace, machine: MachineSpec, data: Mapping[str, np.ndarray],
-           sample_cores: Sequence[int] | None = None) -> tuple[dict, dict, tuple[int, ...]]:
+           sample_cores: Sequence[int] | None = None,
+           targets: Mapping[str, np.ndarray] | None = None) -> tuple[dict, dict, tuple[int, ...]]:
     """Compute a recorded trace's numbers: (outputs by name, written masks by name, cores replayed).
-    Inputs are copied (the caller's arrays are never modified); outputs start as NaN."""
+    Inputs are copied (the caller's arrays are never modified); outputs start as NaN. With
+    `targets` (output name -> element mask) only the ops those elements depend on run: the
+    marked elements get exactly their full-replay values, the others are unspecified."""
     gm = {}
     for t in trace.tensors:
         if t.role == "workspace" or t.name not in data:
@@ -74,7 +77,9 @@ def replay(trace: Trace, machine: MachineSpec, data: Mapping[str, np.ndarray],
                 raise ShapeError(f"data for {t.name!r} has shape {arr.shape}, argument declares {t.shape}")
             gm[t.id] = arr.astype(NUMPY[t.dtype], copy=True)
     cores = None if sample_cores is None else set(int(c) for c in sample_cores)
-    written = run_numeric(trace, machine, gm, cores)
+    by_id = None if targets is None else {t.id: np.asarray(targets[t.name], bool)
+                                          for t in trace.tensors if t.name in targets}
+    written = run_numeric(trace, machine, gm, cores, by_id)
     outputs = {t.name: gm[t.id] for t in trace.tensors if t.role == "output"}
     replayed = tuple(range(machine.num_cores)) if cores is None else tuple(sorted(cores))
     return outputs, _names(trace, written), replayed

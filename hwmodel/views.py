@@ -56,7 +56,7 @@ class View:
         self.dtype = dtype
         self.shape = extent if all(keep) else tuple(e for e, k in zip(extent, keep) if k)
         # identity of the storage (hazard-tracking granularity): a GM tensor, or one ring slot
-        self.key = -1 - base if space == "GM" else base * 4096 + slot
+        self.key = -1 - base if space == "GM" else base * 2**20 + slot   # slots < 2**20 (capacity / 32 B)
         self._kids = {}   # memo of 2-D slices: the same slice is the same View object
 
     @classmethod
