@@ -1,128 +1,249 @@
 """The sandboxed side: run a candidate's Python to record op traces, nothing else.
 
-Runs in its own process under resource limits (set by evaluator.sandbox) with a scrubbed
-environment. It reads one JSON request on stdin, compiles the kernel with restricted
-builtins, installs an audit hook that refuses files, sockets and processes, records one
-trace per requested shape, and writes the encoded traces to stdout. It never sees data.
+Started by evaluator.sandbox under rlimits with an empty environment. It reads one JSON
+request on stdin, imports everything recording needs, contains itself for good
+(evaluator.containment: seccomp, no new privileges, death with the parent, no network),
+then compiles the kernel with restricted builtins, an import hook that hands out only the
+DSL's public names, and an audit hook; it records one trace per shape and writes the reply
+(header + encoded traces) to a pipe of its own. The kernel's prints go to stdout, which the
+parent only skims. Every failure has a short stable rule name; kernel text is quoted.
 """
 from __future__ import annotations
 
 import builtins
 import inspect
 import json
+import math
+import os
+import re
 import struct
 import sys
-import traceback
+import types
+from typing import Callable
 
 KERNEL_FILE = "kernel.py"
+CONTAIN_FAILED_EXIT = 71      # exit status when containment could not be set up (nothing ran)
+CHILD_STATUSES = frozenset({"ok", "compile_error", "runtime_error", "hw_violation", "timeout", "oom",
+                            "policy_violation"})
+REPLY_FIELDS = {"status": str, "rule": str, "message": str, "line": int, "keys": list, "net_namespace": bool}
+MAX_HEADER_BYTES = 64 * 1024
+MAX_MESSAGE_CHARS = 1000
+KERNEL_TEXT_CHARS = 200
+_UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\u200b-\u200f\u2028-\u202e\u2066-\u2069\ufeff]+")
+_AUDITED = ("open", "os.", "subprocess.", "socket.", "ctypes.", "shutil.", "_posixsubprocess", "mmap.",
+            "pty.", "signal.", "sys.setprofile", "sys.settrace", "sys.addaudithook", "code.", "import")
 
 
-def _allowed_import(name, globals=None, locals=None, fromlist=(), level=0):
-    if name not in ("math", "hwmodel.dsl") or level:
-        raise ImportError(f"import of {name!r} is not allowed in kernels")
-    return _real_import(name, globals, locals, fromlist, level)
+def clean_text(text: str, limit: int = MAX_MESSAGE_CHARS) -> str:
+    """One line of at most `limit` characters: control and layout characters become spaces."""
+    text = _UNPRINTABLE.sub(" ", text).strip()
+    return text if len(text) <= limit else text[:limit - 1] + "…"
 
 
-_real_import = builtins.__import__
+def quote_kernel_text(text: str, limit: int = KERNEL_TEXT_CHARS) -> str:
+    """Text the kernel controls (exception messages, prints), shown quoted and short, so it
+    reads as data and cannot pass for the evaluator's own words."""
+    return '"' + clean_text(text, limit).replace('"', "'") + '"'
+
+
+def _exception_text(exc: BaseException) -> str:
+    try:
+        detail = str(exc)
+    except Exception:             # an argument whose str() fails
+        detail = "(unprintable)"
+    name = clean_text(type(exc).__name__, 40)
+    return f"{name}: {quote_kernel_text(detail)}" if detail else name
 
 
 def _kernel_line(exc: BaseException) -> int:
-    line = 0
-    for frame in traceback.extract_tb(exc.__traceback__):
-        if frame.filename == KERNEL_FILE:
-            line = frame.lineno
+    """The innermost kernel line of the traceback (no source lookup: no file is opened)."""
+    line, tb = 0, exc.__traceback__
+    while tb is not None:
+        if tb.tb_frame.f_code.co_filename == KERNEL_FILE:
+            line = tb.tb_lineno
+        tb = tb.tb_next
     return line
 
 
-def _reply(out, status: str, message: str = "", line: int = 0, blobs: dict | None = None) -> None:
+class _Failure(Exception):
+    def __init__(self, status: str, rule: str, message: str, line: int = 0):
+        super().__init__(message)
+        self.status, self.rule, self.message, self.line = status, rule, message, line
+
+
+class _Guard:
+    """The kernel's imports and the audit hook; the first violation is kept even if the
+    kernel catches the exception raised at it."""
+
+    def __init__(self, dsl_facade: types.SimpleNamespace, public_names: frozenset[str]):
+        self.violation: _Failure | None = None
+        self.modules = {"math": math, "hwmodel.dsl": dsl_facade}
+        self.public = public_names
+
+    def refuse(self, rule: str, message: str) -> None:
+        if self.violation is None:
+            self.violation = _Failure("policy_violation", rule, message)
+
+    def import_(self, name, globals=None, locals=None, fromlist=(), level=0):
+        fromlist = tuple(fromlist or ())
+        if not level and name == "math":
+            return math
+        if not level and name == "hwmodel.dsl" and fromlist and set(fromlist) <= self.public:
+            return self.modules[name]
+        shown = clean_text(str(name), 60)
+        self.refuse("policy.import", f"the kernel tried to import {shown!r}" +
+                    (f" (names {clean_text(', '.join(map(str, fromlist)), 80)})" if fromlist else "") +
+                    f"; kernels import only math and, from hwmodel.dsl, {', '.join(sorted(self.public))}")
+        raise ImportError(f"import of {shown!r} is not allowed in kernels")
+
+    def audit(self, event: str, args) -> None:
+        if event.startswith(_AUDITED):
+            self.refuse("sandbox.audit", f"the kernel attempted {clean_text(event, 40)!r}, which the sandbox forbids "
+                        "(no files, processes, sockets, native code or interpreter hooks)")
+            raise PermissionError(f"{event} is not allowed in the kernel sandbox")
+
+
+def _reply(fd: int, status: str, rule: str = "", message: str = "", line: int = 0,
+           blobs: dict[str, bytes] | None = None, net_namespace: bool = False) -> None:
     blobs = blobs or {}
-    head = json.dumps({"status": status, "message": message, "line": line, "keys": list(blobs)}).encode()
-    out.write(struct.pack("<Q", len(head)) + head)
+    head = json.dumps({"status": status, "rule": rule, "message": clean_text(message), "line": line,
+                       "keys": list(blobs), "net_namespace": net_namespace}).encode()
+    _write_all(fd, struct.pack("<Q", len(head)) + head)
     for blob in blobs.values():
-        out.write(struct.pack("<Q", len(blob)) + blob)
-    out.flush()
+        _write_all(fd, struct.pack("<Q", len(blob)))
+        _write_all(fd, blob)
 
 
-def main() -> None:
-    out = sys.stdout.buffer
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+def main(after_contain: Callable[[dict], None] | None = None) -> None:
+    """argv: project root, reply fd, parent pid. `after_contain` is for tests of the
+    containment itself: trusted code that runs right after contain(), in place of nothing."""
+    reply_fd, parent_pid = int(sys.argv[2]), int(sys.argv[3])
     request = json.loads(sys.stdin.buffer.read())
-    import math  # noqa: F401  (pre-imported: the kernel may import it)
+    prepared = _prepare(request)
+    from evaluator.containment import ContainmentError, contain
+    try:
+        containment = contain(parent_pid)
+    except ContainmentError as exc:
+        os.write(2, f"\ncubepilot sandbox: {exc}\n".encode(errors="replace"))
+        os._exit(CONTAIN_FAILED_EXIT)
+    if after_contain is not None:
+        after_contain(request)
+    try:
+        status, rule, message, line, blobs = "ok", "", "", 0, _record(request, *prepared)
+    except _Failure as failure:
+        status, rule, message, line, blobs = failure.status, failure.rule, failure.message, failure.line, {}
+    _reply(reply_fd, status, rule, message, line, blobs, containment.net_namespace)
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(0)                   # no interpreter teardown: nothing after the reply
 
-    import hwmodel.dsl  # noqa: F401
+
+def _prepare(request: dict) -> tuple:
+    """Everything recording needs, imported and built before containment (no file opens after)."""
     from evaluator.codec import encode
-    from evaluator.policy import ALLOWED_BUILTINS
-    from hwmodel.dsl import record_trace
+    from evaluator.policy import ALLOWED_BUILTINS, DSL_PUBLIC_NAMES
+    from hwmodel import dsl
     from hwmodel.errors import HwError
     from hwmodel.simulate import TensorArg, declare
     from hwmodel.spec import MachineSpec
 
     machine = MachineSpec.model_validate(request["machine"])
+    shapes = [(item["key"], declare([TensorArg(name, tuple(shape), dtype, role)
+                                     for name, shape, dtype, role in item["args"]]))
+              for item in request["shapes"]]
+    guard = _Guard(types.SimpleNamespace(**{n: getattr(dsl, n) for n in sorted(DSL_PUBLIC_NAMES)}), DSL_PUBLIC_NAMES)
     safe_builtins = {name: getattr(builtins, name) for name in ALLOWED_BUILTINS if hasattr(builtins, name)}
-    safe_builtins["__import__"] = _allowed_import
+    safe_builtins["__import__"] = guard.import_
     safe_builtins["__build_class__"] = builtins.__build_class__
+    inspect.signature(_prepare)   # warm inspect's caches
+    return machine, shapes, guard, safe_builtins, dsl.record_trace, encode, HwError
 
-    def audit(event: str, args) -> None:
-        if event in ("open", "os.system", "subprocess.Popen", "os.exec", "os.posix_spawn", "os.fork",
-                     "os.forkpty", "socket.connect", "socket.bind", "socket.__new__", "ctypes.dlopen",
-                     "os.kill", "os.remove", "os.rename", "shutil.rmtree"):
-            raise PermissionError(f"{event} is not allowed in the kernel sandbox")
 
-    sys.addaudithook(audit)
+def _record(request: dict, machine, shapes, guard: _Guard, safe_builtins: dict, record_trace, encode,
+            hw_error: type) -> dict[str, bytes]:
+    sys.addaudithook(guard.audit)
     try:
         code = compile(request["source"], KERNEL_FILE, "exec")
     except SyntaxError as exc:
-        _reply(out, "compile_error", f"syntax error: {exc.msg}", exc.lineno or 0)
-        return
+        raise _Failure("compile_error", "compile.syntax", f"syntax error: {clean_text(str(exc.msg), 200)}",
+                       exc.lineno or 0) from None
+    except (ValueError, MemoryError, RecursionError) as exc:   # null bytes, absurd nesting
+        raise _Failure("compile_error", "compile.syntax", f"the source cannot be compiled: {_exception_text(exc)}")
     namespace = {"__builtins__": safe_builtins, "__name__": "kernel"}
     try:
         exec(code, namespace)
     except MemoryError:
-        _reply(out, "oom", "the kernel module ran out of memory while loading")
-        return
+        raise _Failure("oom", "sandbox.memory", "the kernel module ran out of memory while loading") from None
     except BaseException as exc:  # the module's own top-level code failed
-        _reply(out, "compile_error", f"loading the module raised {type(exc).__name__}: {exc}", _kernel_line(exc))
-        return
+        _check(guard)
+        raise _Failure("compile_error", "compile.load", f"loading the module raised {_exception_text(exc)}",
+                       _kernel_line(exc)) from None
+    _check(guard)
     kernel = namespace.get("kernel")
     arg_names = request["arg_names"]
-    if not callable(kernel):
-        _reply(out, "compile_error", f"the module defines no function kernel(k, {', '.join(arg_names)})")
-        return
+    if not isinstance(kernel, types.FunctionType):
+        raise _Failure("compile_error", "compile.signature",
+                       f"the module defines no function kernel(k, {', '.join(arg_names)})")
     try:
         params = list(inspect.signature(kernel).parameters.values())
     except (TypeError, ValueError):
         params = []
     positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
     if len(positional) != 1 + len(arg_names) and not any(p.kind == p.VAR_POSITIONAL for p in params):
-        got = ", ".join(p.name for p in params)
-        _reply(out, "compile_error", f"kernel must take (k, {', '.join(arg_names)}) for this task; it takes ({got})",
-               kernel.__code__.co_firstlineno)
-        return
-    blobs = {}
-    for item in request["shapes"]:
-        args = [TensorArg(name, tuple(shape), dtype, role) for name, shape, dtype, role in item["args"]]
+        got = clean_text(", ".join(p.name for p in params), 200)
+        raise _Failure("compile_error", "compile.signature",
+                       f"kernel must take (k, {', '.join(arg_names)}) for this task; it takes ({got})",
+                       kernel.__code__.co_firstlineno)
+    max_ops, max_bytes = request["max_ops"], request["max_trace_bytes"]
+    blobs, total_bytes = {}, 0
+    for key, decls in shapes:
         try:
-            trace = record_trace(kernel, machine, declare(args),
-                                 max_ops_per_core=max(1, request["max_ops"] // machine.num_cores))
-            ops = trace.num_ops
-            if ops > request["max_ops"]:
-                _reply(out, "hw_violation", f"the kernel issued {ops:,} ops at shape {item['key']}; the limit is "
-                       f"{request['max_ops']:,} (use larger tiles: every op also costs issue time)")
-                return
-            blobs[item["key"]] = encode(trace)
-        except HwError as exc:
-            _reply(out, "hw_violation", f"at shape {item['key']}: {type(exc).__name__} ({exc.rule}): {exc}",
-                   _kernel_line(exc))
-            return
+            trace = record_trace(kernel, machine, decls, max_ops_per_core=max(1, max_ops // machine.num_cores))
+            _check(guard)
+            if trace.num_ops > max_ops:
+                raise _Failure("hw_violation", "sandbox.ops_limit",
+                               f"the kernel issued {trace.num_ops:,} ops at shape {key}; the limit is {max_ops:,} "
+                               "(use larger tiles: every op also costs issue time)")
+            blobs[key] = encode(trace)
+            del trace
+        except _Failure:
+            raise
+        except hw_error as exc:
+            _check(guard)
+            raise _Failure("hw_violation", clean_text(str(exc.rule), 40),
+                           f"at shape {key}: {type(exc).__name__} ({exc.rule}): {clean_text(str(exc), 600)}",
+                           _kernel_line(exc)) from None
         except MemoryError:
-            _reply(out, "oom", f"the kernel ran out of memory at shape {item['key']} (memory limit of the sandbox)")
-            return
+            raise _Failure("oom", "sandbox.memory", f"the kernel ran out of memory at shape {key} "
+                           "(memory limit of the sandbox)") from None
         except RecursionError as exc:
-            _reply(out, "runtime_error", f"at shape {item['key']}: RecursionError: {exc}", _kernel_line(exc))
-            return
-        except Exception as exc:
-            _reply(out, "runtime_error", f"at shape {item['key']}: {type(exc).__name__}: {exc}", _kernel_line(exc))
-            return
-    _reply(out, "ok", blobs=blobs)
+            raise _Failure("runtime_error", "runtime.recursion", f"at shape {key}: the kernel recursed too deeply",
+                           _kernel_line(exc)) from None
+        except BaseException as exc:
+            _check(guard)
+            raise _Failure("runtime_error", "runtime.exception", f"at shape {key}: the kernel raised "
+                           f"{_exception_text(exc)}", _kernel_line(exc)) from None
+        total_bytes += len(blobs[key])
+        if total_bytes > max_bytes:
+            raise _Failure("hw_violation", "sandbox.trace_size",
+                           f"the traces take {total_bytes / 2**20:,.0f} MiB up to shape {key}; the limit is "
+                           f"{max_bytes / 2**20:,.0f} MiB (issue fewer, larger ops; identical ops on all cores "
+                           "are stored once)")
+    return blobs
+
+
+def _check(guard: _Guard) -> None:
+    if guard.violation is not None:
+        raise guard.violation
 
 
 if __name__ == "__main__":
