@@ -98,7 +98,8 @@ class BuiltinBackend:
 
     def repair(self, strategy: Strategy, result: EvalResult, rng: np.random.Generator) -> Strategy | None:
         """Capacity failures: halve the biggest tile knob of the memory that overflowed, or drop a slot."""
-        if result.status is not EvalStatus.hw_violation or "capacity" not in result.message:
+        rule = result.rule or ("capacity" if "capacity" in result.message else "")   # rows from before rules
+        if result.status is not EvalStatus.hw_violation or rule != "capacity":
             return None
         family = FAMILIES[strategy.family]
         knobs = dict(strategy.knobs)

@@ -7,16 +7,17 @@ Identical (source, task, machine, shape) is evaluated once (EvalCache).
 """
 from __future__ import annotations
 
-import hashlib
-import os
 import json
+import re
 import time
-from dataclasses import dataclass
-from pathlib import Path
+import traceback
+from dataclasses import dataclass, replace
 
 import numpy as np
 
-from evaluator.codec import CodecError, decode
+from evaluator.cache import EvalCache, cache_key
+from evaluator.codec import decode
+from evaluator.deadline import BudgetExceeded, deadline
 from evaluator.policy import check_policy
 from evaluator.result import EvalResult, EvalStatus
 from evaluator.sandbox import SandboxLimits, SandboxRun
@@ -24,64 +25,42 @@ from evaluator.tasks.base import Shape, Task, rel_fro
 from hwmodel.errors import HwError
 from hwmodel.execute import coverage
 from hwmodel.roofline import report, roofline
-from hwmodel.simulate import replay
+from hwmodel.simulate import declare, replay
 from hwmodel.spec import MachineSpec
 from hwmodel.timing import simulate_timing
 from hwmodel.validate import validate_trace
 
-EVALUATOR_VERSION = "1"
+MESSAGE_CHARS = 800   # messages reach people and models: bounded
 
 
 @dataclass(frozen=True)
 class EvalConfig:
     seeds: int = 3                  # trials per distribution on the small shapes
-    sample_cores: int = 2           # cores whose numbers are computed at the benchmark shape
+    sample_rows: int = 64           # output rows checked against FP64 at the benchmark shape (at least one per writer core)
     sample_elements: int = 4096     # output elements checked against FP64 at the benchmark shape
     limits: SandboxLimits = SandboxLimits()
+    trusted_wall_s: float = 900.0   # the trusted side's budget for one candidate (replay, timing, references)
     seed: int | None = None         # None: fresh entropy per evaluation
-
-
-class EvalCache:
-    """Results by content hash, in memory and (optionally) as JSON files in a directory."""
-
-    def __init__(self, directory: str | Path | None = None):
-        self._memory: dict[str, EvalResult] = {}
-        self._dir = Path(directory) if directory else None
-        if self._dir:
-            self._dir.mkdir(parents=True, exist_ok=True)
-
-    def get(self, key: str) -> EvalResult | None:
-        hit = self._memory.get(key)
-        if hit is None and self._dir and (self._dir / f"{key}.json").exists():
-            hit = self._memory[key] = EvalResult.model_validate_json((self._dir / f"{key}.json").read_text())
-        return hit
-
-    def put(self, key: str, result: EvalResult) -> None:
-        self._memory[key] = result
-        if self._dir:
-            tmp = self._dir / f"{key}.{os.getpid()}.tmp"      # unique: runs may share a cache directory
-            tmp.write_text(result.model_dump_json())
-            tmp.replace(self._dir / f"{key}.json")
-
-
-def cache_key(source: str, task: Task, machine: MachineSpec, shape: Shape) -> str:
-    h = hashlib.sha256()
-    for part in (EVALUATOR_VERSION, source, task.name, machine.model_dump_json(), task.format_shape(shape)):
-        h.update(part.encode())
-        h.update(b"\0")
-    return h.hexdigest()[:32]
 
 
 def evaluate(source: str, task: Task, machine: MachineSpec, shape: Shape | None = None,
              config: EvalConfig = EvalConfig(), cache: EvalCache | None = None) -> EvalResult:
+    """Evaluate one candidate. Never raises for anything the candidate does: every failure,
+    including one of the trusted side itself, is a status (see EvalStatus)."""
     shape = shape or task.bench_shape
-    key = cache_key(source, task, machine, shape)
+    key = evaluation_key(source, task, machine, shape, config)
     if cache is not None and (hit := cache.get(key)) is not None:
         return hit
-    result = _Cascade(source, task, machine, shape, config, key).run()
-    if cache is not None and result.status is not EvalStatus.timeout:
+    result = _Cascade(source, task, machine, shape, config, key).guarded()
+    if cache is not None:
         cache.put(key, result)
     return result
+
+
+def evaluation_key(source: str, task: Task, machine: MachineSpec, shape: Shape,
+                   config: EvalConfig = EvalConfig()) -> str:
+    """The cache key (and EvalResult.source_hash) of an evaluation: any seed's result will do."""
+    return cache_key(source, task, machine, shape, replace(config, seed=None))
 
 
 class _Cascade:
@@ -92,30 +71,50 @@ class _Cascade:
         self.base = dict(task=task.name, machine=machine.name, shape=task.format_shape(shape), source_hash=key,
                          seed=self.seed)
 
-    def fail(self, status: EvalStatus, stage: str, message: str, line: int = 0, **extra) -> EvalResult:
-        return EvalResult(status=status, stage=stage, message=message, line=line,
+    def fail(self, status: EvalStatus, stage: str, message: str, line: int = 0, rule: str = "", **extra) -> EvalResult:
+        return EvalResult(status=status, stage=stage, message=_bounded(message), line=line, rule=rule,
                           eval_seconds=time.perf_counter() - self.started, **self.base, **extra)
+
+    def guarded(self) -> EvalResult:
+        """run() under the trusted side's wall-clock budget; whatever goes wrong is a status."""
+        stage = "trusted"
+        try:
+            with deadline(self.config.trusted_wall_s):
+                return self.run()
+        except BudgetExceeded as exc:
+            return self.fail(EvalStatus.timeout, stage, f"evaluating this kernel's trace took more than {exc} of the "
+                             "evaluator's time (far more ops or data movement than the task needs)", rule="trusted.budget")
+        except MemoryError:
+            return self.fail(EvalStatus.oom, stage, "evaluating this kernel's trace ran out of memory in the evaluator",
+                             rule="trusted.memory")
+        except Exception as exc:   # a bug of the trusted side (or a hole in validation): keep it for developers
+            return self.fail(EvalStatus.evaluator_error, stage, f"the evaluator failed ({type(exc).__name__}); this is "
+                             "not the kernel's fault as far as the evaluator can tell", rule="evaluator",
+                             traceback=traceback.format_exc(limit=30)[-20_000:])
 
     def run(self) -> EvalResult:
         violation = check_policy(self.source)
         if violation:
-            return self.fail(EvalStatus.policy_violation, "policy", violation.message, violation.line)
+            return self.fail(EvalStatus.policy_violation, "policy", violation.message, violation.line,
+                             rule=getattr(violation, "rule", "policy"))
         task = self.task
         bench_key = task.format_shape(self.shape)
         small = {task.format_shape(s): task.args(s) for s in task.small_shapes}
+        shapes = {**small, bench_key: task.args(self.shape)}
         arg_names = list(task.arg_names)
         # the benchmark shape records in a second sandbox while the small shapes are checked here
         bench_run = None if bench_key in small else SandboxRun(
             self.source, self.machine, arg_names, {bench_key: task.args(self.shape)}, self.config.limits)
         try:
-            traces, failure = self.collect(SandboxRun(self.source, self.machine, arg_names, small, self.config.limits))
+            traces, failure = self.collect(SandboxRun(self.source, self.machine, arg_names, small, self.config.limits),
+                                           small)
             if failure:
                 return failure
             failure, errors, budgets, trials = self.correctness(traces)
             if failure:
                 return failure
             if bench_run is not None:
-                bench_traces, failure = self.collect(bench_run)
+                bench_traces, failure = self.collect(bench_run, {bench_key: shapes[bench_key]})
                 bench_run = None
                 if failure:
                     return failure
@@ -125,18 +124,31 @@ class _Cascade:
                 bench_run.cancel()
         return self.benchmark(traces[bench_key], errors, budgets, trials)
 
-    def collect(self, run: SandboxRun) -> tuple[dict, EvalResult | None]:
-        """Decoded, validated traces of a sandbox run, or the failure it ended in."""
+    def collect(self, run: SandboxRun, shapes: dict) -> tuple[dict, EvalResult | None]:
+        """Decoded traces of a sandbox run, each validated as a complete program against the
+        task's arguments at its shape, or the failure it ended in. Nothing the sandbox sends is
+        trusted: a trace that does not decode or validate is `invalid_trace`."""
         outcome = run.result()
         if outcome.status != "ok":
-            return {}, self.fail(EvalStatus(outcome.status), "sandbox", outcome.message, outcome.line)
+            status = EvalStatus(outcome.status) if outcome.status in EvalStatus.__members__ else EvalStatus.invalid_trace
+            return {}, self.fail(status, "sandbox", outcome.message, outcome.line,
+                                 rule=getattr(outcome, "rule", "") or "sandbox")
         traces = {}
+        if set(outcome.traces) != set(shapes):
+            return {}, self.fail(EvalStatus.invalid_trace, "sandbox", "the sandbox returned traces for other shapes "
+                                 "than were asked for", rule="trace.shapes")
         for key, blob in outcome.traces.items():
             try:
-                traces[key] = decode(blob)
-                validate_trace(traces[key], self.machine)
-            except (CodecError, HwError) as exc:
-                return {}, self.fail(EvalStatus.hw_violation, "sandbox", f"the trace at shape {key} is invalid: {exc}")
+                trace = decode(blob)
+                validate_trace(trace, self.machine, declare(shapes[key]))
+            except HwError as exc:
+                return {}, self.fail(EvalStatus.invalid_trace, "sandbox", f"the trace at shape {key} is not a legal "
+                                     f"program: {exc}", rule=f"trace.{exc.rule}")
+            except Exception as exc:   # CodecError, or anything a forged trace provokes
+                return {}, self.fail(EvalStatus.invalid_trace, "sandbox", f"the trace at shape {key} is malformed "
+                                     f"({type(exc).__name__})", rule="trace.malformed",
+                                     traceback=traceback.format_exc(limit=30)[-20_000:])
+            traces[key] = trace
         return traces, None
 
     # ------------------------------------------------------------------ stage 3
@@ -162,55 +174,99 @@ class _Cascade:
                     return self.fail(EvalStatus.wrong, "correctness",
                                      f"{missing:,} of {out.size:,} output elements were never written {where} "
                                      f"(first missing at index {_first(~written[task.output_name])}); every output "
-                                     "element must be written by a copy to GM"), errors, budgets, trials
+                                     "element must be written by a copy to GM",
+                                     rule="correctness.coverage"), errors, budgets, trials
                 err = rel_fro(out, ref)
                 errors[dist] = max(errors.get(dist, 0.0), err)
                 budgets[dist] = max(budgets.get(dist, 0.0), budget)
                 if not err <= budget:
                     return self.fail(EvalStatus.wrong, "correctness", _wrong_message(out, ref, err, budget, where),
-                                     errors=errors, budgets=budgets, trials=trials), errors, budgets, trials
+                                     rule="correctness.error", errors=errors, budgets=budgets,
+                                     trials=trials), errors, budgets, trials
         return None, errors, budgets, trials
 
     # ------------------------------------------------------------------ stage 4
     def benchmark(self, trace, errors, budgets, trials) -> EvalResult:
+        """Time the benchmark-shape trace, and check output elements drawn from every core
+        that writes the output (a replay of just their backward slice) on the task's hardest
+        distribution."""
         task, machine, cfg = self.task, self.machine, self.config
         rng = np.random.default_rng(np.random.SeedSequence(self.seed).spawn(2)[1])
-        timing = simulate_timing(trace, machine)
         extra = dict(errors=errors, budgets=budgets, trials=trials, ops=trace.num_ops)
-        all_written = coverage(trace)
+        where = f"at the benchmark shape {task.format_shape(self.shape)}"
+        try:
+            timing = simulate_timing(trace, machine)
+        except HwError as exc:   # e.g. the timing engine's work budget
+            return self.fail(EvalStatus.hw_violation, "benchmark", f"{where}: {exc}", rule=exc.rule, **extra)
+        roof = roofline(machine, task.flops(self.shape), task.compulsory_bytes(self.shape), task.engine)
+        rep = report(roof, timing)
+        if rep.attained > 1 + 1e-9:
+            return self.fail(EvalStatus.implausible, "benchmark", f"{where} the simulated time {timing.time_ns:,.0f} ns "
+                             f"is {100 * rep.attained:.1f}% of the roofline limit ({roof.limit_tflops:.1f} TFLOP/s for "
+                             f"{task.engine}): faster than the machine allows, so the result is rejected",
+                             rule="roofline", **extra)
         out_id = next(t.id for t in trace.tensors if t.name == task.output_name)
-        missing = int((~all_written[out_id]).sum())
+        written = coverage(trace)[out_id]
+        missing = int((~written).sum())
         if missing:
-            return self.fail(EvalStatus.wrong, "benchmark", f"{missing:,} output elements are never written at the "
-                             f"benchmark shape {task.format_shape(self.shape)} (first at index "
-                             f"{_first(~all_written[out_id])})", **extra)
-        writes_out = {id(op) for op in trace.distinct_ops()
-                      if op.kind == "copy" and op.dst[0].space == "GM" and op.dst[0].base == out_id}
-        writers = [c for c, ops in enumerate(trace.ops) if any(id(op) in writes_out for op in ops)]
-        cores = rng.choice(writers, min(cfg.sample_cores, len(writers)), replace=False).tolist()
-        inputs = task.inputs(self.shape, task.distributions[0], rng)
-        outputs, _, _ = replay(trace, machine, inputs, sample_cores=cores)
-        coords = task.sample_coords(coverage(trace, set(cores))[out_id], rng, cfg.sample_elements)
-        if len(coords[0]) == 0:
-            return self.fail(EvalStatus.wrong, "benchmark", f"cores {cores} wrote no output element at the "
-                             "benchmark shape, so nothing could be checked", **extra)
+            return self.fail(EvalStatus.wrong, "benchmark", f"{missing:,} output elements are never written {where} "
+                             f"(first at index {_first(~written)})", rule="benchmark.coverage", **extra)
+        targets, owner = check_targets(trace, out_id, rng, cfg.sample_rows, cfg.sample_elements)
+        dist = task.hardest_distribution
+        inputs = task.inputs(self.shape, dist, rng)
+        outputs, _, _ = replay(trace, machine, inputs, targets={task.output_name: targets})
+        coords = np.nonzero(targets)
         got = outputs[task.output_name][coords]
         ref = task.reference(inputs, coords)
         err = rel_fro(got, ref)
         budget = task.budget(inputs, ref, coords)
         if not err <= budget:
-            return self.fail(EvalStatus.wrong, "benchmark", f"at the benchmark shape {task.format_shape(self.shape)} "
-                             f"(cores {cores} checked, {len(got):,} elements): relative error {err:.3g} > budget "
-                             f"{budget:.3g}; small shapes passed, so look at what changes with size (K panels, "
-                             "ring reuse, workspaces)", bench_error=err, **extra)
-        roof = roofline(machine, task.flops(self.shape), task.compulsory_bytes(self.shape), task.engine)
-        rep = report(roof, timing)
+            worst = int(np.argmax(np.abs(got.astype(np.float64) - ref))) if np.all(np.isfinite(got)) else \
+                int(np.argmin(np.isfinite(got)))
+            at = tuple(int(c[worst]) for c in coords)
+            return self.fail(EvalStatus.wrong, "benchmark", f"{where}, distribution {dist!r} ({len(got):,} elements "
+                             f"from all {len(set(owner.values()))} writer cores checked): relative error {err:.3g} > "
+                             f"budget {budget:.3g}; worst at index {at}, in the tile core {owner[at]} wrote (got "
+                             f"{float(got[worst]):.6g}, expected {float(ref[worst]):.6g}); small shapes passed, so "
+                             "look at what changes with size (K panels, ring reuse, workspaces, core mapping)",
+                             rule="benchmark.error", bench_error=err, **extra)
         return EvalResult(status=EvalStatus.ok, stage="benchmark", message="", time_ns=timing.time_ns,
                           tflops=rep.tflops, pct_of_peak=100 * rep.tflops / roof.peak_tflops,
                           pct_of_roofline=100 * rep.attained, bottleneck=f"{rep.busiest_pipe} {rep.busiest_fraction:.0%}",
                           pipe_busy={p: round(f, 4) for p, f in timing.pipe_busy.items()},
                           l2_hit_rate=timing.l2_hit_rate, roofline=rep.text(), bench_error=err,
                           eval_seconds=time.perf_counter() - self.started, **self.base, **extra)
+
+
+def check_targets(trace, out_id: int, rng: np.random.Generator, rows: int,
+                  elements: int) -> tuple[np.ndarray, dict[tuple[int, ...], int]]:
+    """Output elements to check at the benchmark shape: from every core that writes the output,
+    one of its output tiles chosen at random, and a few rows of it (`rows` in all, at least one per
+    core; `elements` in all). Returns the element mask and, per element, the core whose tile it is."""
+    shape = next(t.shape for t in trace.tensors if t.id == out_id)
+    tiles: dict[int, list] = {}
+    for core, ops in enumerate(trace.ops):
+        seen = {id(op): op for op in ops if op.kind == "copy" and op.dst[0].space == "GM" and op.dst[0].base == out_id}
+        if seen:
+            tiles[core] = list(seen.values())
+    per_rows = max(1, rows // max(1, len(tiles)))
+    per_elements = max(1, elements // max(1, len(tiles)))
+    mask = np.zeros(shape, bool)
+    owner: dict[tuple[int, ...], int] = {}
+    for core, ops in tiles.items():
+        view = ops[int(rng.integers(len(ops)))].dst[0]
+        lead = [range(o, o + e) for o, e in zip(view.offset[:-1], view.extent[:-1])]
+        n_rows = int(np.prod([len(r) for r in lead]))
+        picks = rng.choice(n_rows, min(per_rows, n_rows), replace=False)
+        c0, width = view.offset[-1], view.extent[-1]
+        for flat in picks.tolist():
+            row = np.unravel_index(flat, [len(r) for r in lead]) if lead else ()
+            row = tuple(r[i] for r, i in zip(lead, row))
+            cols = c0 + rng.choice(width, min(width, max(1, per_elements // len(picks))), replace=False)
+            for c in cols.tolist():
+                mask[row + (c,)] = True
+                owner[row + (c,)] = core
+    return mask, owner
 
 
 def _first(mask: np.ndarray) -> tuple[int, ...]:
@@ -226,6 +282,15 @@ def _wrong_message(out: np.ndarray, ref: np.ndarray, err: float, budget: float, 
     worst = tuple(int(i) for i in np.unravel_index(np.argmax(diff), diff.shape))
     return (f"relative error {err:.3g} > budget {budget:.3g} {where}; worst element at index {worst} "
             f"(got {float(out[worst]):.6g}, expected {float(ref[worst]):.6g})")
+
+
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
+
+
+def _bounded(message: str) -> str:
+    """At most MESSAGE_CHARS characters, no control characters (messages reach models)."""
+    message = _CONTROL.sub(" ", message)
+    return message if len(message) <= MESSAGE_CHARS else message[:MESSAGE_CHARS - 1] + "…"
 
 
 def describe(result: EvalResult) -> str:

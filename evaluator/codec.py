@@ -71,32 +71,52 @@ def encode(trace: Trace) -> bytes:
 
 
 def decode(blob: bytes) -> Trace:
+    """The trace in `blob`, or CodecError: every field has the type and range the encoder
+    writes, every index points into its table, and no bytes are left over."""
     try:
         return _decode(memoryview(blob))
     except CodecError:
         raise
-    except (ValueError, KeyError, IndexError, TypeError, struct.error) as exc:
-        raise CodecError(f"malformed trace: {exc}") from None
+    except (ValueError, KeyError, IndexError, TypeError, struct.error, RecursionError, OverflowError) as exc:
+        raise CodecError(f"malformed trace: {type(exc).__name__}") from None
+
+
+def _need(ok: bool, what: str) -> None:
+    if not ok:
+        raise CodecError(f"malformed trace: {what}")
+
+
+def _ints(x, n: int | None = None) -> bool:
+    return type(x) is list and (n is None or len(x) == n) and all(type(i) is int for i in x)
 
 
 def _decode(buf: memoryview) -> Trace:
     n, n_tables = struct.unpack_from("<QQ", buf, 0)
+    _need(16 + n <= len(buf) and n_tables >= 3, "header size")
     header = json.loads(bytes(buf[16:16 + n]))
+    _need(type(header) is dict and set(header) == {"machine", "tensors", "buffers", "spaces", "kinds", "params"},
+          "header fields")
     pos = 16 + n
     tables = []
     for _ in range(n_tables):
         (nbytes,) = struct.unpack_from("<Q", buf, pos)
         pos += 8
+        _need(nbytes % 8 == 0 and pos + nbytes <= len(buf), "table size")
         tables.append(np.frombuffer(buf[pos:pos + nbytes], np.int64))
         pos += nbytes
+    _need(pos == len(buf), "trailing bytes")
     views_t, ops_t, operands, *sequences = tables
-    spaces, kinds = header["spaces"], header["kinds"]
-    params = [_tuples(p) for p in header["params"]]
+    spaces, kinds, params = header["spaces"], header["kinds"], header["params"]
+    _need(all(type(x) is list and all(type(i) is str for i in x) for x in (spaces, kinds)), "names")
+    _need(type(params) is list and all(type(p) is list for p in params), "params")
+    _need(type(header["machine"]) is str, "machine")
+    params = [_tuples(p) for p in params]
+    _need(views_t.size % _VIEW_COLS == 0 and ops_t.size % 5 == 0, "table shapes")
     views = []
     for row in views_t.reshape(-1, _VIEW_COLS).tolist():
         space, base, slot, dtype, rank = row[:5]
-        if not 0 <= rank <= MAX_RANK:
-            raise CodecError(f"view rank {rank} out of range")
+        _need(0 <= space < len(spaces) and 0 <= dtype < len(_DTYPES) and 0 <= rank <= MAX_RANK
+              and 0 <= base < 2**31 and 0 <= slot < 2**20, "view fields")
         off = tuple(row[5:5 + rank])
         ext = tuple(row[5 + MAX_RANK:5 + MAX_RANK + rank])
         keep = tuple(bool(k) for k in row[5 + 2 * MAX_RANK:5 + 2 * MAX_RANK + rank])
@@ -105,15 +125,29 @@ def _decode(buf: memoryview) -> Trace:
     operands = operands.tolist()
     at = 0
     for kind, line, param, n_dst, n_src in ops_t.reshape(-1, 5).tolist():
-        dst = tuple(views[i] for i in operands[at:at + n_dst])
-        src = tuple(views[i] for i in operands[at + n_dst:at + n_dst + n_src])
+        _need(0 <= kind < len(kinds) and 0 <= param < len(params) and 0 <= n_dst <= 4 and 0 <= n_src <= 4
+              and at + n_dst + n_src <= len(operands), "op fields")
+        picks = operands[at:at + n_dst + n_src]
+        _need(all(0 <= i < len(views) for i in picks), "operand index")
+        dst = tuple(views[i] for i in picks[:n_dst])
+        src = tuple(views[i] for i in picks[n_dst:])
         at += n_dst + n_src
         distinct.append(Op(kinds[kind], dst, src, params[param], line))
+    _need(at == len(operands), "operand count")
+    _need(type(header["tensors"]) is list and all(
+        type(t) is list and len(t) == 5 and type(t[0]) is int and type(t[1]) is str and _ints(t[2])
+        and type(t[3]) is str and type(t[4]) is str for t in header["tensors"]), "tensors")
     tensors = tuple(TensorDecl(i, name, tuple(shape), dtype, role) for i, name, shape, dtype, role in header["tensors"])
+    _need(type(header["buffers"]) is list and all(type(core) is list and all(
+        type(b) is list and len(b) == 6 and type(b[0]) is int and type(b[1]) is str and _ints(b[2])
+        and type(b[3]) is str and type(b[4]) is int and type(b[5]) is str for b in core) for core in header["buffers"]),
+        "buffers")
     buffers = tuple(tuple(BufferDecl(i, space, tuple(shape), dtype, count, name)
                           for i, space, shape, dtype, count, name in core) for core in header["buffers"])
     if len(sequences) != len(buffers):
         raise CodecError(f"{len(sequences)} op sequences for {len(buffers)} cores")
+    for seq in sequences:
+        _need(seq.size == 0 or (int(seq.min()) >= 0 and int(seq.max()) < len(distinct)), "op index")
     ops = tuple(tuple(distinct[i] for i in seq.tolist()) for seq in sequences)
     return Trace(header["machine"], tensors, buffers, ops)
 

@@ -59,10 +59,15 @@ class EvalResult(BaseModel):
     def ok(self) -> bool:
         return self.status is EvalStatus.ok
 
-    def feedback(self) -> str:
-        """A few lines for an agent: the failure and what to do, or the roofline picture."""
+    def feedback(self, max_chars: int = 1200) -> str:
+        """A few lines for an agent, built from the structured fields: the failure (status, rule,
+        line, the evaluator's message — kernel-written text in it is quoted and capped where it
+        is produced) or the roofline picture. At most `max_chars` characters."""
         if not self.ok:
+            rule = f" [{self.rule}]" if self.rule else ""
             where = f" (kernel line {self.line})" if self.line else ""
-            return f"{self.status.value}{where}: {self.message}"
-        errs = ", ".join(f"{d} {e:.2e} (budget {self.budgets.get(d, 0):.1e})" for d, e in self.errors.items())
-        return f"ok at {self.shape}: {self.roofline}\nErrors: {errs}."
+            text = f"{self.status.value}{rule}{where}: {self.message}"
+        else:
+            errs = ", ".join(f"{d} {e:.2e} (budget {self.budgets.get(d, 0):.1e})" for d, e in self.errors.items())
+            text = f"ok at {self.shape}: {self.roofline}\nErrors: {errs}."
+        return text if len(text) <= max_chars else text[:max_chars - 1] + "…"

@@ -15,7 +15,7 @@ from math import ceil, prod
 from typing import Callable, Sequence
 
 from hwmodel.dtypes import BITS, check_dtype, nbytes
-from hwmodel.errors import BoundsError, CapacityError, HwError, ShapeError
+from hwmodel.errors import BoundsError, CapacityError, HwError, ParamError, ShapeError
 from hwmodel.limits import (MAX_BUFFERS_PER_CORE, MAX_NAME_CHARS, MAX_OPS_PER_CORE, MAX_VIEW_RANK,
                             MAX_WORKSPACE_BYTES, MAX_WORKSPACES)
 from hwmodel.ops import COMPARE_MODES, Op, check_op
@@ -360,7 +360,7 @@ _NAME = re.compile(r"[A-Za-z0-9_.-]+")
 def check_name(what: str, name) -> str:
     """Buffer and workspace names appear in messages shown to people and models: short identifiers only."""
     if type(name) is not str or len(name) > MAX_NAME_CHARS or not _NAME.fullmatch(name):
-        raise HwError(f"{what}: a name is at most {MAX_NAME_CHARS} letters, digits, '_', '.' or '-'")
+        raise ParamError(f"{what}: a name is at most {MAX_NAME_CHARS} letters, digits, '_', '.' or '-'")
     return name
 
 

@@ -41,3 +41,15 @@ class SpecError(HwError):
     """A machine description (TOML preset or user file) is invalid."""
 
     rule = "machine spec"
+
+
+class BudgetError(HwError):
+    """The trace would take the trusted simulator more work than its budget allows."""
+
+    rule = "trusted budget"
+
+
+class ParamError(HwError):
+    """An op parameter or a name outside what the DSL accepts."""
+
+    rule = "parameters"

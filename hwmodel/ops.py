@@ -11,7 +11,7 @@ import math
 from math import ceil, prod
 
 from hwmodel.dtypes import BITS, FLOATS, INTS
-from hwmodel.errors import AlignmentError, DtypeError, HwError, PathError, ShapeError
+from hwmodel.errors import AlignmentError, DtypeError, HwError, ParamError, PathError, ShapeError
 from hwmodel.spec import MachineSpec
 from hwmodel.views import View
 
@@ -121,7 +121,7 @@ def _check_params(op: Op) -> None:
     else:
         ok = False
     if not ok:
-        raise _fail(HwError, op, f"parameters {p!r} are not what the DSL records for {kind}")
+        raise _fail(ParamError, op, f"parameters {p!r} are not what the DSL records for {kind}")
 
 
 def _check_copy(op: Op, machine: MachineSpec) -> None:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from evaluator.cascade import EvalConfig, cache_key, evaluate
+from evaluator.cascade import EvalConfig, evaluate, evaluation_key
 from evaluator.result import EvalResult
 from evaluator.tasks.base import Shape, Task
 from hwmodel.spec import MachineSpec
@@ -65,7 +65,7 @@ class LibraryFigure(BaseModel):
         if source_hash(source) != self.source_hash:
             return "the reference kernel has changed since"
         shape = task.parse_shape(self.shape)
-        if machine is not None and cache_key(source, task, machine, shape) != self.result.source_hash:
+        if machine is not None and evaluation_key(source, task, machine, shape) != self.result.source_hash:
             return "the machine spec or the evaluator has changed since"
         return ""
 
