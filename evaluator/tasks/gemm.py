@@ -98,20 +98,22 @@ SMALL = ((256, 256, 256), (1024, 64, 256), (200, 136, 72))   # square, tall-skin
 SGEMM = GemmTask(
     name="sgemm", description="FP32 GEMM that must be FP32-accurate (<= 4x the error of a true FP32 GEMM)",
     engine="fp32_split", shape_names=("M", "N", "K"), small_shapes=SMALL, bench_shape=(4096, 4096, 4096),
-    distributions=("uniform", "normal", "wide", "llm"), in_dtype="fp32", budget_factor=4.0)
+    distributions=("uniform", "normal", "wide", "llm"), in_dtype="fp32", budget_factor=4.0,
+    bench_distribution="wide")
 
 HGEMM = GemmTask(
     name="hgemm", description="FP16-input GEMM with FP32 output, as accurate as FP32 accumulation",
     engine="fp16", shape_names=("M", "N", "K"), small_shapes=SMALL, bench_shape=(4096, 4096, 4096),
-    distributions=("uniform", "normal", "wide", "llm"), in_dtype="fp16", budget_factor=4.0)
+    distributions=("uniform", "normal", "wide", "llm"), in_dtype="fp16", budget_factor=4.0,
+    bench_distribution="wide")
 
 QGEMM = GemmTask(
     name="qgemm", description="FP32 GEMM with a 2e-3 relative error budget on LLM-like inputs (quantized engines welcome)",
     engine="int8", shape_names=("M", "N", "K"), small_shapes=SMALL, bench_shape=(4096, 4096, 4096),
-    distributions=("llm",), in_dtype="fp32", fixed_budget=2e-3)
+    distributions=("llm",), in_dtype="fp32", fixed_budget=2e-3, bench_distribution="llm")
 
 QGEMM_INT8 = GemmTask(
     name="qgemm-int8", description="FP32 GEMM with INT8-class accuracy on LLM-like inputs (<= 1.5x the error of "
                                    "per-row/per-column INT8 quantization)",
     engine="int8", shape_names=("M", "N", "K"), small_shapes=SMALL, bench_shape=(4096, 4096, 4096),
-    distributions=("llm",), in_dtype="fp32", budget_factor=1.5, budget_recipe="int8")
+    distributions=("llm",), in_dtype="fp32", budget_factor=1.5, budget_recipe="int8", bench_distribution="llm")
