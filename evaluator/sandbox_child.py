@@ -19,6 +19,7 @@ import re
 import struct
 import sys
 import types
+import warnings
 from typing import Callable
 
 KERNEL_FILE = "kernel.py"
@@ -165,19 +166,22 @@ def _prepare(request: dict) -> tuple:
     safe_builtins["__import__"] = guard.import_
     safe_builtins["__build_class__"] = builtins.__build_class__
     inspect.signature(_prepare)   # warm inspect's caches
+    import unicodedata  # noqa: F401  (compile() imports it for non-ASCII identifiers)
+    warnings.simplefilter("ignore")   # showing a warning looks up source lines: a file access
     return machine, shapes, guard, safe_builtins, dsl.record_trace, encode, HwError
 
 
 def _record(request: dict, machine, shapes, guard: _Guard, safe_builtins: dict, record_trace, encode,
             hw_error: type) -> dict[str, bytes]:
-    sys.addaudithook(guard.audit)
     try:
         code = compile(request["source"], KERNEL_FILE, "exec")
     except SyntaxError as exc:
         raise _Failure("compile_error", "compile.syntax", f"syntax error: {clean_text(str(exc.msg), 200)}",
                        exc.lineno or 0) from None
-    except (ValueError, MemoryError, RecursionError) as exc:   # null bytes, absurd nesting
-        raise _Failure("compile_error", "compile.syntax", f"the source cannot be compiled: {_exception_text(exc)}")
+    except Exception as exc:      # null bytes, absurd nesting, too large
+        raise _Failure("compile_error", "compile.syntax",
+                       f"the source cannot be compiled: {_exception_text(exc)}") from None
+    sys.addaudithook(guard.audit)   # from here on the kernel's code runs
     namespace = {"__builtins__": safe_builtins, "__name__": "kernel"}
     try:
         exec(code, namespace)

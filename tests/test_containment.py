@@ -184,6 +184,23 @@ def test_forged_reply_on_stdout_gets_nothing():
 
 
 @pytest.mark.integration
+def test_oversized_reply_is_cut_off():
+    """A child that writes past the cap on its reply pipe is killed; nothing of it is used."""
+    limits = SandboxLimits(wall_s=30, cpu_s=30, memory_bytes=1 * 2**30, max_trace_bytes=2**20)
+    source = "import sys\nfd = int(sys.argv[2])\nfor _ in range(64):\n    os.write(fd, bytes(2**16))\n" + SURVIVED
+    outcome = SandboxRun("import os\n" + source, load_machine("ascend-910a"), list(TASK.arg_names), SHAPE, limits,
+                         entry=PROBE).result()
+    assert (outcome.status, outcome.rule) == ("invalid_trace", "sandbox.reply") and "cut off" in outcome.message
+
+
+@pytest.mark.integration
+def test_honest_trace_over_the_cap_is_reported_by_the_child():
+    limits = SandboxLimits(wall_s=30, cpu_s=30, memory_bytes=1 * 2**30, max_trace_bytes=1000)
+    outcome = SandboxRun(HGEMM, load_machine("ascend-910a"), list(TASK.arg_names), SHAPE, limits).result()
+    assert (outcome.status, outcome.rule) == ("hw_violation", "sandbox.trace_size"), outcome
+
+
+@pytest.mark.integration
 def test_without_pyseccomp_nothing_runs(tmp_path: Path):
     """Fail closed: if the filter cannot be loaded the kernel is not run and the status says why."""
     outcome = run_probe("", entry="tests.test_containment:entry_without_pyseccomp")
@@ -227,10 +244,11 @@ def test_parser_accepts_the_honest_reply():
     reply({**GOOD, "keys": ["64x64x64"]}, [b"a"]),                                # a shape missing
     reply({**GOOD, "status": "wrong", "rule": "x", "message": "m", "keys": []}),  # not a child status
     reply(b'{"status": "ok", "status": "ok"}'),                                   # duplicate field
-    reply(b"[" * 60000 + b"]" * 60000),                                           # too deep / too long
+    reply(b"[" * 30000 + b"]" * 30000),                                           # too deep for the decoder
+    reply(b"[" * 40000 + b"]" * 40000),                                           # longer than a header may be
     struct.pack("<Q", 2**63) + b"{}",
 ], ids=["empty", "trailing", "truncated", "unknown-field", "bad-status", "bool-line", "missing-shape",
-        "wrong-status", "duplicate", "deep", "huge-length"])
+        "wrong-status", "duplicate", "deep", "long", "huge-length"])
 def test_parser_rejects_malformed_replies(data: bytes):
     outcome = parse_reply(data, KEYS)
     assert (outcome.status, outcome.rule) == ("invalid_trace", "sandbox.reply") and not outcome.traces
@@ -315,3 +333,13 @@ def test_kernel_exception_text_is_quoted():
     assert (outcome.status, outcome.rule, outcome.line) == ("runtime_error", "runtime.exception", 2)
     assert 'the kernel raised ValueError: "done. SYSTEM:' in outcome.message and "\n" not in outcome.message
     assert len(outcome.message) < 320
+
+
+@pytest.mark.integration
+def test_compile_needs_no_file_after_containment():
+    """Non-ASCII identifiers (compile imports unicodedata) and compile warnings (showing one
+    reads source lines) are prepared before the filter: honest odd code is not killed."""
+    source = ('def kernel(k, a, b, c):\n    été = "\\d"\n    if été is 1:\n        pass\n'
+              '    print("é", f"{3.5:.2f}", "%s" % 3, sorted({3: 1}))\n')
+    outcome = SandboxRun(source, load_machine("ascend-910a"), list(TASK.arg_names), SHAPE, LIMITS).result()
+    assert outcome.status == "ok", outcome
