@@ -58,25 +58,36 @@ def backward_slice(trace: Trace, targets: dict[int, np.ndarray]) -> list[list[li
             m = need_local[core][key] = np.zeros(trace.buffers[core][v.base].shape, bool)
         return m
 
+    where: dict[int, tuple] = {}   # view id -> numpy index (views are shared objects)
+
+    def at(v: View) -> tuple:
+        i = where.get(id(v))
+        if i is None:
+            i = where[id(v)] = index(v)
+        return i
+
     for p in reversed(range(n_phases)):
         for core in reversed(range(len(per_core))):
-            ops, kept = per_core[core][p], keep[p][core]
+            ops, kept, local = per_core[core][p], keep[p][core], need_local[core]
             for i in reversed(range(len(ops))):
                 op = ops[i]
                 wanted = False
                 for v in op.dst:
-                    m = mask(core, v, False)
-                    if m is not None and m[index(v)].any():
+                    m = need_gm.get(v.base) if v.space == "GM" else local.get((v.base, v.slot))
+                    if m is not None and m[at(v)].any():
                         wanted = True
                         break
                 if not wanted:
                     continue
                 kept[i] = True
-                if not _reads_destination(op):
+                reads_dst = _reads_destination(op)
+                if not reads_dst:
                     for v in op.dst:
                         m = mask(core, v, False)
                         if m is not None:
-                            m[index(v)] = False
-                for v in op.src + (op.dst if _reads_destination(op) else ()):
-                    mask(core, v, True)[index(v)] = True
+                            m[at(v)] = False
+                            if v.space != "GM" and not m.any():   # fully resolved: the fast path skips it
+                                del local[(v.base, v.slot)]
+                for v in op.src + (op.dst if reads_dst else ()):
+                    mask(core, v, True)[at(v)] = True
     return keep
