@@ -66,6 +66,11 @@ def _kernel_line(exc: BaseException) -> int:
     return line
 
 
+def _print_exception(kind: type, exc: BaseException, tb) -> None:
+    """A one-line report on stderr that looks up no source line (that would open a file)."""
+    os.write(2, f"\n{clean_text(kind.__name__, 40)}: {clean_text(str(exc), 300)}\n".encode(errors="replace"))
+
+
 class _Failure(Exception):
     def __init__(self, status: str, rule: str, message: str, line: int = 0):
         super().__init__(message)
@@ -168,6 +173,8 @@ def _prepare(request: dict) -> tuple:
     inspect.signature(_prepare)   # warm inspect's caches
     import unicodedata  # noqa: F401  (compile() imports it for non-ASCII identifiers)
     warnings.simplefilter("ignore")   # showing a warning looks up source lines: a file access
+    sys.excepthook = _print_exception                               # so do the default hooks' tracebacks
+    sys.unraisablehook = lambda unraisable: _print_exception(type(unraisable.exc_value), unraisable.exc_value, None)
     return machine, shapes, guard, safe_builtins, dsl.record_trace, encode, HwError
 
 

@@ -335,11 +335,19 @@ def test_kernel_exception_text_is_quoted():
     assert len(outcome.message) < 320
 
 
+UNRAISABLE = ('def kernel(k, a, b, c):\n    def g():\n        try:\n            yield 1\n        finally:\n'
+              '            raise ValueError("in finally")\n    for v in g():\n        break\n')
+
+
 @pytest.mark.integration
-def test_compile_needs_no_file_after_containment():
-    """Non-ASCII identifiers (compile imports unicodedata) and compile warnings (showing one
-    reads source lines) are prepared before the filter: honest odd code is not killed."""
-    source = ('def kernel(k, a, b, c):\n    été = "\\d"\n    if été is 1:\n        pass\n'
-              '    print("é", f"{3.5:.2f}", "%s" % 3, sorted({3: 1}))\n')
+@pytest.mark.parametrize("source", [
+    'def kernel(k, a, b, c):\n    été = "\\d"\n    if été is 1:\n        pass\n'
+    '    print("é", f"{3.5:.2f}", "%s" % 3, sorted({3: 1}))\n',
+    UNRAISABLE,
+], ids=["identifiers-and-warnings", "unraisable-exception"])
+def test_odd_honest_code_opens_no_file_after_containment(source: str):
+    """Non-ASCII identifiers (compile imports unicodedata), compile warnings and exceptions
+    ignored in finalizers (showing either reads source lines) are handled before or without
+    a file access, so honest but odd code is not killed by the filter."""
     outcome = SandboxRun(source, load_machine("ascend-910a"), list(TASK.arg_names), SHAPE, LIMITS).result()
     assert outcome.status == "ok", outcome
