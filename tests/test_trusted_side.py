@@ -72,7 +72,7 @@ def forged_evaluation(monkeypatch, blobs: dict[str, bytes], status: str = "ok"):
 
     monkeypatch.setattr(cascade, "SandboxRun", ForgedSandbox)
     return evaluate("def kernel(k, a, b, c):\n    pass\n", TASK, machine("ascend-910a"), SHAPE,
-                    EvalConfig(seed=5, trusted_wall_s=60))
+                    EvalConfig(seed=5, seeds=1, trusted_wall_s=60))
 
 
 def test_honest_reply_is_ok(monkeypatch):
@@ -81,7 +81,7 @@ def test_honest_reply_is_ok(monkeypatch):
     assert result.ok, result.message
 
 
-@settings(max_examples=60, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=40, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.data())
 def test_forged_tables_end_in_a_status(monkeypatch, data):
     blobs = dict(honest_blobs())
@@ -113,7 +113,7 @@ def _paths(x, path=()):
             yield from _paths(v, path + (k,))
 
 
-@settings(max_examples=60, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=40, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.data())
 def test_forged_headers_end_in_a_status(monkeypatch, data):
     blobs = dict(honest_blobs())
