@@ -2,11 +2,7 @@
 from __future__ import annotations
 
 import json
-import multiprocessing
 import signal
-from concurrent.futures import ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
-import sys
 from pathlib import Path
 from typing import Iterator
 
@@ -15,8 +11,9 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from agents.builtin import BuiltinBackend
-from agents.loop import RunSummary, evolve, summarize
-from evaluator.cascade import EvalCache, EvalConfig, evaluate
+from agents.loop import Evaluate, RunSummary, evolve, summarize
+from evaluator.cascade import EvalConfig
+from evaluator.executor import EvalJob, WorkerCrashed, open_executor
 from evaluator.result import EvalResult
 from evaluator.tasks import get_task
 from hwmodel.spec import MachineSpec
@@ -34,71 +31,23 @@ def start_or_resume(archive_path: Path, config: RunConfig | None, resume: str | 
     return archive, archive.new_run(config), config
 
 
-def execute(archive: Archive, run_id: str, config: RunConfig, machine, console: Console, quiet: bool) -> RunSummary:
+def execute(archive: Archive, run_id: str, config: RunConfig, machine: MachineSpec, console: Console,
+            quiet: bool) -> RunSummary:
     task = get_task(config.task)
     backend = BuiltinBackend(config.mode, machine, task.parse_shape(config.shape))
-    with Evaluator(config, machine, archive.path.parent / "cache") as run_batch:
+    with open_executor(config.workers, archive.path.parent / "cache") as executor:
+        def run_batch(steps: list[tuple[str, int]]) -> Iterator[EvalResult]:
+            return executor.map([step_job(config, machine, source, seq) for source, seq in steps])
         return _with_progress(archive, run_id, config, backend, run_batch, console, quiet)
 
 
-class WorkerCrashed(RuntimeError):
-    """A worker process died mid-evaluation (killed, or out of memory)."""
+def step_job(config: RunConfig, machine: MachineSpec, source: str, seq: int) -> EvalJob:
+    """The evaluation of step seq: its test inputs come from (run seed, seq), so its result
+    does not depend on which worker evaluates it."""
+    return EvalJob(source, config.task, machine, config.shape, EvalConfig(seed=config.seed * 100_003 + seq))
 
 
-class Evaluator:
-    """Evaluates a batch of (source, seq) in order: in this process, or with workers > 1 in a
-    pool of worker processes (each evaluation is CPU-bound Python and numpy). The test
-    inputs of step seq come from (run seed, seq), so a result does not depend on the worker."""
-
-    def __init__(self, config: RunConfig, machine: MachineSpec, cache_dir: Path):
-        job = (config.task, machine, config.shape, config.seed, str(cache_dir))
-        self.pool = None
-        if config.workers > 1:
-            self.pool = ProcessPoolExecutor(config.workers, multiprocessing.get_context("spawn"), _init_worker, job)
-        else:
-            _init_worker(*job, in_main=True)
-
-    def __call__(self, jobs: list[tuple[str, int]]) -> Iterator[EvalResult]:
-        if self.pool is None:
-            yield from map(_evaluate_one, jobs)
-            return
-        try:
-            yield from self.pool.map(_evaluate_one, jobs)
-        except BrokenProcessPool:
-            raise WorkerCrashed("a worker process died during an evaluation (killed, or out of memory); the "
-                                "evaluations recorded so far are kept") from None
-
-    def __enter__(self) -> "Evaluator":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        if self.pool:   # stop workers mid-evaluation too (each then kills its sandbox, see _init_worker)
-            self.pool.shutdown(wait=False, cancel_futures=True)
-            for proc in multiprocessing.active_children():
-                proc.terminate()
-            for proc in multiprocessing.active_children():
-                proc.join(timeout=10)
-
-
-_WORKER: dict = {}
-
-
-def _init_worker(task: str, machine: MachineSpec, shape: str, seed: int, cache_dir: str, in_main: bool = False) -> None:
-    if not in_main:   # Ctrl-C is the main process's to handle; terminate() raises SystemExit here
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(1))
-    the_task = get_task(task)
-    _WORKER.update(task=the_task, machine=machine, shape=the_task.parse_shape(shape), seed=seed,
-                   cache=EvalCache(cache_dir))
-
-
-def _evaluate_one(job: tuple[str, int]) -> EvalResult:
-    source, seq = job
-    w = _WORKER
-    return evaluate(source, w["task"], w["machine"], w["shape"], EvalConfig(seed=w["seed"] * 100_003 + seq), w["cache"])
-
-
-def _with_progress(archive: Archive, run_id: str, config: RunConfig, backend: BuiltinBackend, run_batch: Evaluator,
+def _with_progress(archive: Archive, run_id: str, config: RunConfig, backend: BuiltinBackend, run_batch: Evaluate,
                    console: Console, quiet: bool) -> RunSummary:
     done = len(archive.evaluations(run_id))
     columns = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
@@ -170,4 +119,5 @@ def interrupted_summary(archive: Archive, run_id: str) -> RunSummary:
     return summarize(archive, run_id)
 
 
-__all__ = ["DEFAULT_ARCHIVE", "execute", "start_or_resume", "summary_dict", "print_summary", "typer"]
+__all__ = ["DEFAULT_ARCHIVE", "WorkerCrashed", "execute", "start_or_resume", "summary_dict", "print_summary",
+           "typer"]

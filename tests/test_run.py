@@ -61,7 +61,10 @@ def test_resume_after_sigkill_loses_and_repeats_nothing(tmp_path, workers):
         time.sleep(0.5)
         if archive.exists():
             with sqlite3.connect(archive) as db:
-                row = db.execute("SELECT id FROM runs").fetchone()
+                try:
+                    row = db.execute("SELECT id FROM runs").fetchone()
+                except sqlite3.OperationalError:       # the run is still creating its tables
+                    row = None
             if row:
                 run_id = row[0]
                 done = evaluations(archive, run_id)
