@@ -13,3 +13,6 @@ MAX_WORKSPACES = 64                 # k.workspace calls per core
 MAX_BUFFERS_PER_CORE = 256          # k.alloc / k.ring calls per core
 MAX_VIEW_RANK = 6                   # dimensions of a tensor, buffer or view
 MAX_NAME_CHARS = 64                 # buffer and workspace names
+MAX_L2_BLOCK_TOUCHES = 200_000_000  # (L2 block, GM transfer) pairs timing walks (hwmodel.timing.l2_work); library
+                                    # kernels at their benchmark shapes on ascend-910a: at most 16.8M (sgemm_vector
+                                    # 4096^3), 1.7M for every other family

@@ -17,6 +17,8 @@ from math import ceil, prod
 
 from hwmodel.dsl import Trace, paused_gc
 from hwmodel.dtypes import BITS
+from hwmodel.errors import BudgetError
+from hwmodel.limits import MAX_L2_BLOCK_TOUCHES
 from hwmodel.ops import Op, static_cost
 from hwmodel.spec import MachineSpec
 
@@ -113,6 +115,57 @@ def _row_runs(offset: tuple[int, ...], extent: tuple[int, ...], shape: tuple[int
     return runs
 
 
+def l2_work(trace: Trace, machine: MachineSpec) -> int:
+    """How many (L2 block, transfer) touches timing this trace takes: over the distinct GM
+    copies, the blocks each one's view spans times how often it is issued. From the views'
+    geometry alone, in time linear in the trace, before any block is built."""
+    flat = list(chain.from_iterable(trace.ops))
+    ids = list(map(id, flat))
+    return _l2_touches(dict(zip(ids, flat)), Counter(ids), machine, {t.id: t.shape for t in trace.tensors})[0]
+
+
+def _l2_touches(distinct: dict[int, Op], counts: Counter, machine: MachineSpec,
+                tensor_shapes: dict[int, tuple[int, ...]]) -> tuple[int, tuple[int, int, Op | None]]:
+    """(total touches, (blocks per transfer, issues, op) of the heaviest distinct GM copy)."""
+    total, worst = 0, (0, 0, None)
+    for i, op in distinct.items():
+        if op.kind != "copy":
+            continue
+        dst, src = op.dst[0], op.src[0]
+        view = dst if dst.space == "GM" else src if src.space == "GM" else None
+        if view is None:
+            continue
+        blocks = _block_entries(view, machine.gm, tensor_shapes[view.base])
+        touches = blocks * counts[i]
+        total += touches
+        if touches > worst[0] * worst[1]:
+            worst = (blocks, counts[i], op)
+    return total, worst
+
+
+def _block_entries(view, gm, base_shape: tuple[int, ...]) -> int:
+    """The (row run, L2 block) entries _GmAccess builds for a view, counted without building them
+    (an upper bound for views of more than 4,096 row runs at strides that are not whole blocks)."""
+    _, per_block, s0, s1, _ = _sector_geometry(view, gm, base_shape)
+    col_blocks = (s1 - 1) // per_block - s0 // per_block + 1
+    offset, extent, shape = view.offset[:-1], view.extent[:-1], base_shape[:-1]
+    if not shape:
+        return col_blocks
+    br, rows = gm.l2_block_rows, extent[-1]
+    strides = [prod(shape[d + 1:]) for d in range(len(shape) - 1)]
+    runs = prod(extent[:-1])
+
+    def spans(start: int) -> int:
+        return (start + rows - 1) // br - start // br + 1
+
+    if all(s % br == 0 for s in strides):     # every run starts at the same row within a block
+        first = sum(o * s for o, s in zip(offset[:-1], strides)) + offset[-1]
+        return runs * spans(first) * col_blocks
+    if runs <= 4096:
+        return sum(spans(r0) for r0, _ in _row_runs(offset, extent, shape)) * col_blocks
+    return runs * min(rows, -(-(rows - 1) // br) + 1) * col_blocks
+
+
 def simulate_timing(trace: Trace, machine: MachineSpec, timeline_core: int | None = None) -> TimingResult:
     """Time a trace on the machine. `timeline_core` records that core's per-op intervals."""
     with paused_gc():
@@ -171,6 +224,14 @@ def _simulate_timing(trace: Trace, machine: MachineSpec, timeline_core: int | No
     ids = list(map(id, flat))
     counts = Counter(ids)
     distinct = dict(zip(ids, flat))
+    work, (blocks, issues, heaviest) = _l2_touches(distinct, counts, machine, tensor_shapes)
+    if work > MAX_L2_BLOCK_TOUCHES:
+        raise BudgetError(
+            f"timing this trace takes {work:,} L2 block touches, more than the simulator's budget of "
+            f"{MAX_L2_BLOCK_TOUCHES:,}; the heaviest transfer, {heaviest.src[0].describe()} -> "
+            f"{heaviest.dst[0].describe()}, spans {blocks:,} L2 blocks and is issued {issues:,} times. An L2 block "
+            f"is {gm.l2_block_rows} rows x {gm.l2_block_bytes} B of a tensor: move data in fewer, larger transfers "
+            "of contiguous rows (whole tiles), not thin slices that span many blocks")
     compiled = {i: compile_op(op) for i, op in distinct.items()}
     programs = [list(map(compiled.__getitem__, map(id, ops))) for ops in trace.ops]
     del flat, ids

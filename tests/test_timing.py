@@ -2,12 +2,20 @@
 in-order pipes, busy fractions, L2 hits, and the per-op issue cost."""
 from __future__ import annotations
 
+import time
+from math import prod
+
 import numpy as np
 import pytest
 
 from helpers import gemm_args, library_kernel, machine
+from hwmodel.dsl import Trace
+from hwmodel.errors import BudgetError, HwError
+from hwmodel.limits import MAX_L2_BLOCK_TOUCHES
+from hwmodel.ops import Op
 from hwmodel.simulate import TensorArg, simulate
-from hwmodel.timing import simulate_timing
+from hwmodel.timing import _block_entries, _GmAccess, l2_work, simulate_timing
+from hwmodel.views import View
 
 pytestmark = pytest.mark.sim
 
@@ -355,3 +363,61 @@ def test_l2_hits_are_the_sectors_touched_before(rng):
         seen[r0:r1, s0:s1] = True
     assert t.hbm_bytes == int(seen.sum()) * sector
     assert t.l2_hit_bytes == charged - t.hbm_bytes
+
+
+# ---------------------------------------------------------------- trusted-side work budget
+def test_l2_work_counts_the_blocks_the_engine_walks():
+    """l2_work (from geometry alone) = the block entries the engine builds x how often each transfer runs."""
+    spec = machine(M910)
+    t = simulate(library_kernel("sgemm_cube"), spec, gemm_args(256, 512, 384, "fp32")).trace
+    index = {d.id: i for i, d in enumerate(t.tensors)}
+    shapes = {d.id: d.shape for d in t.tensors}
+    counts: dict[int, int] = {}
+    for ops in t.ops:
+        for op in ops:
+            counts[id(op)] = counts.get(id(op), 0) + 1
+    expected = 0
+    for op in t.distinct_ops():
+        if op.kind == "copy" and "GM" in (op.src[0].space, op.dst[0].space):
+            g = op.dst[0] if op.dst[0].space == "GM" else op.src[0]
+            expected += len(_GmAccess(op, spec, index, shapes[g.base]).blocks) * counts[id(op)]
+    assert l2_work(t, spec) == expected > 0
+
+
+@pytest.mark.parametrize("shape", [(96, 200), (3, 40, 50), (2, 3, 70, 24), (5000, 3, 8)])
+def test_block_count_matches_the_blocks_built(shape, rng):
+    """For random views of 2-D to 4-D tensors: exact, or (many runs at odd strides) an upper bound."""
+    gm = machine(M910).gm
+    for _ in range(30):
+        offset = tuple(int(rng.integers(0, s)) for s in shape)
+        extent = tuple(int(rng.integers(1, s - o + 1)) for s, o in zip(shape, offset))
+        view = View("GM", 0, 0, offset, extent, (True,) * len(shape), "fp16")
+        op = Op("copy", (View.whole("UB", 1, 0, extent, "fp16"),), (view,), (), 0)
+        built = len(_GmAccess(op, machine(M910), {0: 0}, shape).blocks)
+        counted = _block_entries(view, gm, shape)
+        assert counted == built if prod(extent[:-2]) <= 4096 else counted >= built
+
+
+def test_thin_copies_over_many_blocks_fail_fast_with_the_numbers():
+    """A forged trace: one copy of a column slice spanning 8,192 L2 blocks, issued 5,000 times on
+    every core (1.3e9 block touches, most of an hour of trusted CPU), is refused before any block
+    is walked: the check costs a pass over the ops, not over the blocks."""
+    spec = machine(M910)
+
+    def kernel(k, a, c):
+        if k.core_id == 0:
+            buf = k.alloc("L1", (8192, 1, 1), "fp16")
+            k.copy(buf, a[:, 0:1, 0:1])
+
+    args = [TensorArg("a", (8192, 32, 16), "fp16"), TensorArg("c", (1, 1), "fp32", "output")]
+    recorded = simulate(kernel, spec, args).trace
+    (op,) = recorded.ops[0]
+    assert l2_work(recorded, spec) == 8192
+    forged = Trace(recorded.machine, recorded.tensors, recorded.buffers,
+                   tuple((op,) * 5_000 for _ in recorded.ops))
+    started = time.perf_counter()
+    with pytest.raises(BudgetError, match=r"1,310,720,000 L2 block touches.*8,192 L2 blocks.*160,000 times"):
+        simulate_timing(forged, spec)
+    assert time.perf_counter() - started < 1.0
+    assert BudgetError.rule == "trusted budget" and issubclass(BudgetError, HwError)
+    assert l2_work(forged, spec) > MAX_L2_BLOCK_TOUCHES
