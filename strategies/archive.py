@@ -165,13 +165,12 @@ class Archive:
         """Each run's fastest ok evaluation (runs with none are left out), fastest first."""
         cur = self.db.execute("""SELECT r.id, r.task, r.machine, r.shape, r.backend, r.config, r.status,
                                  (SELECT COUNT(*) FROM evaluations c WHERE c.run_id = r.id), e.seq, e.strategy_id,
-                                 e.tflops, e.pct_roofline, e.time_ns, e.error
-                                 FROM runs r JOIN evaluations e ON e.run_id = r.id AND e.status = 'ok'
-                                 WHERE (? IS NULL OR r.task = ?) AND (? IS NULL OR r.machine = ?)
-                                 AND e.time_ns = (SELECT MIN(time_ns) FROM evaluations b
-                                                  WHERE b.run_id = r.id AND b.status = 'ok')
-                                 GROUP BY r.id ORDER BY r.task, r.machine, r.shape, e.time_ns""",
-                              (task, task, machine, machine))
+                                 e.tflops, e.pct_roofline, MIN(e.time_ns), e.error
+                                 FROM runs r JOIN evaluations e ON e.run_id = r.id
+                                 WHERE e.status = 'ok' AND e.time_ns IS NOT NULL
+                                 AND (? IS NULL OR r.task = ?) AND (? IS NULL OR r.machine = ?)
+                                 GROUP BY r.id ORDER BY r.task, r.machine, r.shape, MIN(e.time_ns)""",
+                              (task, task, machine, machine))   # SQLite: bare columns come from the MIN row
         cols = ("id", "task", "machine", "shape", "backend", "config", "status", "evaluations", "seq",
                 "strategy_id", "tflops", "pct_roofline", "time_ns", "error")
         return [dict(zip(cols, row)) for row in cur]

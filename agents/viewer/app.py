@@ -127,8 +127,8 @@ def create_app(archive: str | Path, token: str | None = None, timeline_cache: Pa
         return {"archive": str(reader.path), "runs": reader.runs()}
 
     @app.get("/api/runs/{run_id}")
-    def api_run(run_id: str):
-        return pages.run_json(reader.run(pages.check_run_id(run_id)))
+    def api_run(run_id: str):      # plain JSONResponse: already JSON types, no encoder pass over 1,000 points
+        return JSONResponse(pages.run_json(reader.run(pages.check_run_id(run_id))))
 
     @app.get("/api/runs/{run_id}/kernels/{strategy_id}")
     def api_kernel(run_id: str, strategy_id: str):

@@ -6,6 +6,7 @@ carries a <title> tooltip. Every text that reaches the SVG is escaped here.
 from __future__ import annotations
 
 import math
+from functools import lru_cache
 from html import escape
 from typing import Callable
 
@@ -72,6 +73,7 @@ def _frame(xs: Scale, ys: Scale, xlabel: str, ylabel: str, label: str) -> list[s
     return out
 
 
+@lru_cache(maxsize=8192)
 def _tip(p: Point) -> str:
     time = f"{p.time_ns / 1e3:.2f} us" if p.time_ns else "-"
     err = f"{p.error:.2e}" if p.error is not None else "-"

@@ -86,6 +86,8 @@ class RunData:
     points: tuple[Point, ...]
     roof: Roof | None
     roof_note: str                  # why there is no roofline, when there is none
+    by_id: dict[str, int] = field(default_factory=dict)              # strategy id -> its last row
+    kids: dict[str, tuple[int, ...]] = field(default_factory=dict)   # strategy id -> rows of its children
 
     @property
     def ok_points(self) -> list[Point]:
@@ -98,23 +100,19 @@ class RunData:
 
     def latest(self, strategy_id: str) -> EvalRow | None:
         """The last evaluation of a strategy in this run (a strategy is evaluated once, barring reruns)."""
-        found = [r for r in self.rows if r.strategy.id == strategy_id]
-        return found[-1] if found else None
+        i = self.by_id.get(strategy_id)
+        return None if i is None else self.rows[i]
 
     def children(self, strategy_id: str) -> list[EvalRow]:
-        seen, out = set(), []
-        for r in self.rows:
-            if strategy_id in r.strategy.parents and r.strategy.id not in seen:
-                seen.add(r.strategy.id)
-                out.append(r)
-        return out
+        return [self.rows[i] for i in self.kids.get(strategy_id, ())]
 
     def ancestry(self, strategy_id: str) -> list[EvalRow]:
         """Follow first parents back to a strategy without parents (a library or random seed)."""
-        chain, current = [], self.latest(strategy_id)
-        while current is not None and current.strategy.id not in {c.strategy.id for c in chain}:
-            chain.append(current)
-            current = self.latest(current.strategy.parents[0]) if current.strategy.parents else None
+        chain, seen, sid = [], set(), strategy_id
+        while sid is not None and sid not in seen and (row := self.latest(sid)) is not None:
+            chain.append(row)
+            seen.add(sid)
+            sid = row.strategy.parents[0] if row.strategy.parents else None
         return chain
 
 
@@ -283,4 +281,11 @@ def _load_run(store: Archive, run_id: str, created: float, status: str, config_j
         except ValidationError:
             unreadable += 1
     roof, note = run_roof(config.task, config.machine, config.shape)
-    return RunData(run_id, status, created, config, tuple(rows), unreadable, tuple(point(r) for r in rows), roof, note)
+    points = tuple(point(r) for r in rows)
+    by_id = {p.strategy_id: i for i, p in enumerate(points)}          # Strategy.id hashes: compute it once
+    kids: dict[str, list[int]] = {}
+    for sid, i in by_id.items():
+        for parent in rows[i].strategy.parents:
+            kids.setdefault(parent, []).append(i)
+    return RunData(run_id, status, created, config, tuple(rows), unreadable, points, roof, note, by_id,
+                   {k: tuple(sorted(v)) for k, v in kids.items()})

@@ -8,6 +8,7 @@ import difflib
 import math
 import re
 from dataclasses import asdict
+from functools import lru_cache
 
 from markupsafe import Markup
 from pygments import highlight
@@ -21,9 +22,21 @@ from strategies.archive import EvalRow
 
 RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,79}$")
 STRATEGY_ID = re.compile(r"^[0-9a-f]{12}$")
-FORMATTER = HtmlFormatter(linenos="table", cssclass="src", anchorlinenos=True, lineanchors="L")
 DIFF_FORMATTER = HtmlFormatter(cssclass="diff")
-PYGMENTS_CSS = FORMATTER.get_style_defs(".src") + "\n" + DIFF_FORMATTER.get_style_defs(".diff")
+PYGMENTS_CSS = HtmlFormatter(cssclass="src").get_style_defs(".src") + "\n" + DIFF_FORMATTER.get_style_defs(".diff")
+
+
+@lru_cache(maxsize=256)
+def highlighted_source(source: str, line: int = 0) -> Markup:
+    """A kernel's source as highlighted HTML with line numbers (sources never change: cached)."""
+    return Markup(highlight(source, PythonLexer(), HtmlFormatter(
+        linenos="table", cssclass="src", anchorlinenos=True, lineanchors="L", hl_lines=[line] if line else [])))
+
+
+@lru_cache(maxsize=256)
+def highlighted_diff(old: str, new: str, old_name: str, new_name: str) -> Markup | None:
+    diff = source_diff(old, new, old_name, new_name)
+    return Markup(highlight(diff, DiffLexer(), DIFF_FORMATTER)) if diff else None
 
 
 def check_run_id(run_id: str) -> str:
@@ -102,9 +115,9 @@ def kernel_page(reader: ArchiveReader, run: RunData, strategy_id: str, timeline:
         if prow is None:
             parents.append(dict(id=pid, row=None))
             continue
-        diff = source_diff(reader.source(prow.kernel_hash), source, f"{pid}.py", f"{row.strategy.id}.py")
         parents.append(dict(id=pid, row=prow, speedup=_speedup(row, prow), knobs=knob_changes(prow, row),
-                            diff=Markup(highlight(diff, DiffLexer(), DIFF_FORMATTER)) if diff else None))
+                            diff=highlighted_diff(reader.source(prow.kernel_hash), source, f"{pid}.py",
+                                                  f"{row.strategy.id}.py")))
     children = [dict(row=c, speedup=_speedup(c, row)) for c in run.children(row.strategy.id)]
     worst = max((e / r.budgets[d] for d, e in r.errors.items() if r.budgets.get(d)), default=0.0)
     error_bars = [(d, e / r.budgets[d], f"{e:.2e} of {r.budgets[d]:.1e} ({e / r.budgets[d]:.0%})", None)
@@ -113,8 +126,7 @@ def kernel_page(reader: ArchiveReader, run: RunData, strategy_id: str, timeline:
     return dict(
         run=run, row=row, result=r, strategy=row.strategy, parents=parents, children=children,
         ancestry=run.ancestry(row.strategy.id),
-        source=Markup(highlight(source, PythonLexer(), HtmlFormatter(
-            linenos="table", cssclass="src", anchorlinenos=True, lineanchors="L", hl_lines=[r.line] if r.line else []))),
+        source=highlighted_source(source, r.line),
         errors_svg=Markup(charts.bars_svg(error_bars, max(worst, 1.0), "error vs budget", log=True, mark=1.0))
         if error_bars else None,
         pipes_svg=Markup(charts.bars_svg([(p, f, f"{f:.0%}", None) for p, f in pipes], 1.0, "pipe busy"))
@@ -135,8 +147,11 @@ def leaderboard_groups(rows: list[dict]) -> list[dict]:
 
 
 # ---------------------------------------------------------------- JSON API
+POINT_FIELDS = tuple(Point.__dataclass_fields__)
+
+
 def point_json(p: Point) -> dict:
-    return asdict(p)
+    return {f: getattr(p, f) for f in POINT_FIELDS}
 
 
 def run_json(run: RunData) -> dict:

@@ -1,0 +1,149 @@
+"""Page load times of the archive web viewer on a 1,000-evaluation archive.
+
+    python benchmarks/viewer_speed.py [--json] [--repeats 7] [--evaluations 1000] [--source ARCHIVE]
+
+The archive is synthetic but real: the EvalResult records of a short builtin run (or of
+--source) are recorded again through strategies.archive.Archive with varied knobs, times,
+errors, lineage and failures, each with its own kernel source. Each page is fetched from a
+real uvicorn server on loopback: the first request (parsing the run) and the median of the
+repeats after it. Target: every page under 300 ms.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))
+
+import numpy as np  # noqa: E402
+
+from evaluator.result import EvalStatus  # noqa: E402
+from strategies.archive import Archive  # noqa: E402
+
+TARGET_MS = 300.0
+FAILURES = [(EvalStatus.wrong, "correctness.budget"), (EvalStatus.hw_violation, "capacity"),
+            (EvalStatus.timeout, "sandbox.wall"), (EvalStatus.policy_violation, "policy.import")]
+
+
+def source_rows(source: Path | None, workdir: Path) -> tuple[list, Archive]:
+    """The evaluations of the newest run of `source`, or of a fresh 10-evaluation builtin run."""
+    if source is None:
+        source = workdir / "seed.sqlite"
+        subprocess.run([sys.executable, "-c", "from agents.cli import main; main()", "run", "--budget", "10",
+                        "--task", "hgemm", "--shape", "256x256x256", "--json", "--archive", str(source)],
+                       check=True, capture_output=True, cwd=workdir)
+    store = Archive.open_readonly(source)
+    run_id = store.runs()[0]["id"]
+    return store.evaluations(run_id), store
+
+
+def build(path: Path, rows: list, seed_store: Archive, n: int, runs: int = 2) -> tuple[str, list[str]]:
+    """`runs` runs; the first holds n evaluations. Returns (first run id, its strategy ids)."""
+    rng = np.random.default_rng(7)
+    archive = Archive(path)
+    ok_rows = [r for r in rows if r.result.ok]
+    config = seed_store.run_config(seed_store.runs()[0]["id"])
+    first, ids = None, []
+    for k in range(runs):
+        run_id = archive.new_run(config.model_copy(update={"budget": n, "seed": k}))
+        first = first or run_id
+        made: list[str] = []
+        for seq in range(n if k == 0 else n // 10):
+            base = ok_rows[seq % len(ok_rows)]
+            parents = tuple(sorted(set(rng.choice(made, size=min(len(made), 1 + seq % 2), replace=False)))) \
+                if made and seq >= 8 else ()
+            strategy = base.strategy.model_copy(update={
+                "knobs": {**base.strategy.knobs, "GROUP": int(rng.integers(1, 9)), "VARIANT": seq},
+                "parents": parents, "origin": ("mutation", "crossover")[len(parents) - 1] if parents else "random"})
+            source = seed_store.source(base.kernel_hash) + f"\n# variant {seq} of run {k}\n"
+            digest = hashlib.sha256(source.encode()).hexdigest()[:32]
+            speed = float(rng.lognormal(0.0, 0.35)) * (1 + seq / n)
+            r = base.result
+            if rng.random() < 0.1:
+                status, rule = FAILURES[seq % len(FAILURES)]
+                result = r.model_copy(update={"status": status, "rule": rule, "message": f"synthetic {status.value}",
+                                              "time_ns": math.inf, "tflops": 0.0, "pct_of_roofline": 0.0,
+                                              "source_hash": digest})
+            else:
+                result = r.model_copy(update={
+                    "time_ns": r.time_ns / speed, "tflops": r.tflops * speed, "pct_of_roofline": r.pct_of_roofline * speed,
+                    "errors": {d: e * float(rng.lognormal(0, 0.3)) for d, e in r.errors.items()},
+                    "source_hash": digest})
+            archive.record(run_id, seq, 0, strategy, source, result)
+            made.append(strategy.id)
+        if k == 0:
+            ids = made
+    archive.close()
+    return first, ids
+
+
+def fetch_ms(url: str) -> float:
+    started = time.perf_counter()
+    with urllib.request.urlopen(url, timeout=60) as r:
+        r.read()
+        assert r.status == 200, url
+    return (time.perf_counter() - started) * 1e3
+
+
+def measure(archive: Path, run_id: str, ids: list[str], repeats: int) -> dict:
+    from test_viewer_browser import serve     # a real uvicorn server on a free loopback port
+
+    server = serve(archive)
+    store = Archive.open_readonly(archive)
+    best = min((r for r in store.evaluations(run_id) if r.result.ok), key=lambda r: r.result.time_ns).strategy.id
+    store.close()
+    pages = {"runs list": "/", "run page": f"/runs/{run_id}", "kernel page (best)": f"/runs/{run_id}/kernels/{best}",
+             "kernel page (last)": f"/runs/{run_id}/kernels/{ids[-1]}", "leaderboard": "/leaderboard",
+             "api run": f"/api/runs/{run_id}", "api kernel": f"/api/runs/{run_id}/kernels/{best}"}
+    out = {}
+    try:
+        for name, path in pages.items():
+            first = fetch_ms(server.url + path)
+            times = [fetch_ms(server.url + path) for _ in range(repeats)]
+            out[name] = {"path": path, "first_ms": round(first, 1), "median_ms": round(statistics.median(times), 1)}
+    finally:
+        server.stop()
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--evaluations", type=int, default=1000)
+    parser.add_argument("--source", type=Path, help="archive whose newest run supplies the records")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="cubepilot-viewer-speed-") as tmp:
+        rows, seed_store = source_rows(args.source, Path(tmp))
+        archive = Path(tmp) / "archive.sqlite"
+        started = time.perf_counter()
+        run_id, ids = build(archive, rows, seed_store, args.evaluations)
+        build_s = time.perf_counter() - started
+        pages = measure(archive, run_id, ids, args.repeats)
+    worst = max(max(p["first_ms"], p["median_ms"]) for p in pages.values())
+    result = {"evaluations": args.evaluations, "build_s": round(build_s, 2), "target_ms": TARGET_MS,
+              "pages": pages, "worst_ms": worst, "all_under_target": worst < TARGET_MS}
+    if args.json:
+        print(json.dumps(result))
+        return
+    print(f"viewer on a {args.evaluations}-evaluation run (archive built in {build_s:.1f} s); "
+          f"first request and median of {args.repeats}, target < {TARGET_MS:.0f} ms")
+    print(f"{'page':<22}{'first ms':>10}{'median ms':>11}  path")
+    for name, p in pages.items():
+        print(f"{name:<22}{p['first_ms']:>10.1f}{p['median_ms']:>11.1f}  {p['path']}")
+    print(f"worst {worst:.1f} ms: {'all pages under' if worst < TARGET_MS else 'OVER'} the target")
+
+
+if __name__ == "__main__":
+    main()
