@@ -124,11 +124,22 @@ def test_serve_on_another_host_generates_a_token(monkeypatch, tmp_path):
     started = {}
     monkeypatch.setattr("uvicorn.run", lambda app, **kw: started.update(app=app, **kw))
     said = []
-    viewer_app.serve(tmp_path / "a.sqlite", "0.0.0.0", 8123, None, say=said.append)
+    viewer_app.serve(tmp_path / "a.sqlite", "0.0.0.0", 0, None, say=said.append)   # port 0: any free one
     line = said[-1]
     assert started["host"] == "0.0.0.0" and "?token=" in line
     token = line.split("?token=")[1].split()[0]
     assert len(token) >= 24
     said.clear()
-    viewer_app.serve(tmp_path / "a.sqlite", "127.0.0.1", 8123, None, say=said.append)
+    viewer_app.serve(tmp_path / "a.sqlite", "127.0.0.1", 0, None, say=said.append)
     assert "token" not in said[-1]
+
+
+def test_a_taken_port_is_a_one_line_error(tmp_path):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = subprocess.run([sys.executable, "-c", "from agents.cli import main; main()", "serve", "--archive",
+                               str(tmp_path / "a.sqlite"), "--port", str(port)], capture_output=True, text=True,
+                              timeout=60, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert done.returncode == 2 and "cannot serve on 127.0.0.1" in done.stderr and "Traceback" not in done.stderr

@@ -5,6 +5,7 @@ pages with one sentence (404 for what does not exist), never a traceback; `serve
 from __future__ import annotations
 
 import logging
+import socket
 import sqlite3
 import time
 from pathlib import Path
@@ -149,6 +150,10 @@ def serve(archive: Path, host: str, port: int, token: str | None, say=print) -> 
 
     if not is_loopback(host) and not token:
         token = new_token()
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family) as probe:          # a taken port is a one-line error, before the URL is printed
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        probe.bind((host, port))
     if not archive.exists():
         say(f"note: there is no archive at {archive} yet; pages say so until a run creates it")
     shown = f"[{host}]" if ":" in host else host
