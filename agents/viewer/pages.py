@@ -5,6 +5,7 @@ HTML templates and the JSON API both take their data from here.
 from __future__ import annotations
 
 import difflib
+import json
 import math
 import re
 from dataclasses import asdict
@@ -141,6 +142,8 @@ def leaderboard_groups(rows: list[dict]) -> list[dict]:
     """Runs grouped by (task, machine, shape), each group ranked by its best kernel's time."""
     groups: dict[tuple, list[dict]] = {}
     for r in rows:
+        config = json.loads(r["config"] or "{}")
+        r = dict(r, mode=config.get("mode", "-"), seed=config.get("seed", "-"), budget=config.get("budget"))
         groups.setdefault((r["task"], r["machine"], r["shape"]), []).append(r)
     return [dict(task=t, machine=m, shape=s, rows=sorted(g, key=lambda r: r["time_ns"]))
             for (t, m, s), g in sorted(groups.items())]
