@@ -78,7 +78,7 @@ class InProcessExecutor:
         self.close()
 
 
-def open_executor(workers: int, cache_dir: str | Path | None = None) -> InProcessExecutor | ProcessExecutor:
+def open_executor(workers: int, cache_dir: str | Path | None = None) -> Executor:
     """One evaluation at a time in this process, or `workers` side by side in worker processes."""
     return ProcessExecutor(workers, cache_dir) if workers > 1 else InProcessExecutor(cache_dir)
 

@@ -177,12 +177,6 @@ def outside_sandboxes(procs: dict[int, tuple[str, str]]) -> dict[int, tuple[str,
     return {pid: v for pid, v in procs.items() if "sandbox_child" not in v[1]}
 
 
-def sandbox_dies_with_its_worker() -> bool:
-    """Whether the sandbox child asks Linux to kill it with its parent (a change of its own)."""
-    return any("PDEATHSIG" in path.read_text() or "containment" in path.read_text()
-               for path in (ROOT / "evaluator" / "sandbox.py", ROOT / "evaluator" / "sandbox_child.py"))
-
-
 def test_workers_and_sandbox_children_die_with_a_sigkilled_parent():
     parent = subprocess.Popen([sys.executable, "-c", EXECUTOR_SCRIPT.format(root=str(ROOT))], cwd=ROOT,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
@@ -199,11 +193,7 @@ def test_workers_and_sandbox_children_die_with_a_sigkilled_parent():
         parent.kill()
         parent.wait(timeout=10)
         assert wait_until(lambda: not alive(outside_sandboxes(seen)), 5), f"outlived the parent: {alive(seen)}"
-        if not wait_until(lambda: not alive(seen), 5):
-            if not sandbox_dies_with_its_worker():
-                pytest.xfail("sandbox children outlive a SIGKILLed worker until the sandbox child arms "
-                             "PR_SET_PDEATHSIG itself (evaluator/sandbox.py)")
-            pytest.fail(f"sandbox children outlived their worker: {alive(seen)}")
+        assert wait_until(lambda: not alive(seen), 5), f"sandbox children outlived their worker: {alive(seen)}"
     finally:
         parent.kill()
         parent.wait(timeout=10)
