@@ -243,3 +243,37 @@ def test_pages_follow_an_archive_being_written(tmp_path, built, page):
     finally:
         server.stop()
         target.close()
+
+
+def test_pages_follow_a_real_run_writing(tmp_path, built, page):
+    """`cubepilot run` writes a new run into the served archive; every reload is a full page and
+    the evaluation count only grows until the run's last one shows."""
+    import json
+    import subprocess
+    import sys
+    from test_viewer_archive import ROOT
+    archive = tmp_path / "archive.sqlite"
+    archive.write_bytes(built[0].read_bytes())
+    server = serve(archive)
+    proc = subprocess.Popen([sys.executable, "-c", "from agents.cli import main; main()", "run", "--budget", "3",
+                             "--task", "hgemm", "--shape", "256x256x256", "--seed", "5", "--json", "--archive",
+                             str(archive)], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+    seen = []
+    try:
+        while proc.poll() is None:
+            response = page.goto(server.url + "/")
+            assert response.status == 200
+            counts = [int(c) for c in page.locator("#runs tr td:nth-child(8)").all_inner_texts()]
+            seen.append(counts[0] if len(counts) == 2 else 0)     # newest first: the run being written
+            time.sleep(0.2)
+        out, err = proc.communicate()
+        assert proc.returncode == 0, err[-2000:]
+        run_id = json.loads(out)["run_id"]
+        assert page.goto(f"{server.url}/runs/{run_id}").status == 200
+        assert page.locator("#convergence circle.conv-pt, #convergence path.conv-fail").count() == 3
+        assert seen == sorted(seen) and len(set(seen)) >= 2
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        server.stop()
