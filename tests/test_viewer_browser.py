@@ -115,6 +115,7 @@ def test_pages_render_and_links_walk_run_kernel_parent_child(live, built, page):
     assert page.locator("#roofline circle.roof-pt").count() == len(ok)
     assert page.locator("#pareto circle.pt.front").count() >= 1
     assert "policy_violation" in page.locator("#failures").inner_text()
+    assert "buffering" in page.locator("#techniques").inner_text()
     shot(page, "run")
     best_sid = max(ok, key=lambda r: r[3])[1]
     page.click("#best-link")
@@ -154,14 +155,22 @@ def test_failed_kernel_page_shows_the_rule_and_its_parent(live, built, page):
 
 
 def test_timeline_is_computed_through_the_sandbox(live, built, page):
+    """The per-pipe timeline of a kernel with parents, then its parents' on the same time axis."""
     archive, run_id = built
-    best = max((r for r in db_rows(archive, run_id) if r[2] == "ok"), key=lambda r: r[3])
-    page.goto(f"{live.url}/runs/{run_id}/kernels/{best[1]}")
+    with sqlite3.connect(f"file:{archive}?mode=ro", uri=True) as db:
+        sid, n_parents = db.execute("""SELECT e.strategy_id, COUNT(*) FROM evaluations e JOIN lineage l
+                                       ON l.run_id = e.run_id AND l.child = e.strategy_id WHERE e.status = 'ok'
+                                       GROUP BY e.strategy_id ORDER BY e.time_ns LIMIT 1""").fetchone()
+    page.goto(f"{live.url}/runs/{run_id}/kernels/{sid}")
     page.click("#timeline-link", timeout=120_000)
     page.wait_for_selector("#gantt svg", timeout=120_000)
     assert page.locator("#gantt rect.op").count() > 4
     pipes = page.locator("#gantt svg text").all_text_contents()
     assert "MTE2" in pipes and "M" in pipes
+    page.click("#parent-timelines-link", timeout=240_000)
+    page.wait_for_selector(".parent-gantt svg", timeout=240_000)
+    assert page.locator(".parent-gantt svg").count() == n_parents
+    assert page.locator("#parent-timelines-link").count() == 0
     shot(page, "kernel-timeline")
 
 

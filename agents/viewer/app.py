@@ -97,21 +97,32 @@ def create_app(archive: str | Path, token: str | None = None, timeline_cache: Pa
     def kernel_page(run_id: str, strategy_id: str, core: int = Query(0, ge=0, le=4095)):
         run = reader.run(pages.check_run_id(run_id))
         row = run.latest(pages.check_strategy_id(strategy_id))
-        cached = None
+        cached = parents = None
         if row is not None and row.result.ok:
-            cached = timelines.cached(reader.source(row.kernel_hash), run.config.task, run.config.machine,
-                                      run.config.shape, core)
-        return render("kernel.html", core=core, **pages.kernel_page(reader, run, strategy_id, cached))
+            cached = cached_timeline(run, row, core)
+            parents = {pid: t for pid in row.strategy.parents
+                       if (prow := run.latest(pid)) is not None and prow.result.ok
+                       and (t := cached_timeline(run, prow, core)) is not None}
+        return render("kernel.html", core=core, **pages.kernel_page(reader, run, strategy_id, cached, "", parents))
+
+    def cached_timeline(run, row, core: int):
+        return timelines.cached(reader.source(row.kernel_hash), run.config.task, run.config.machine,
+                                run.config.shape, core)
 
     @app.get("/runs/{run_id}/kernels/{strategy_id}/timeline")
-    def timeline_page(run_id: str, strategy_id: str, core: int = Query(0, ge=0, le=4095)):
-        """Compute the timeline (re-recorded in the sandbox), then show it on the kernel page."""
+    def timeline_page(run_id: str, strategy_id: str, core: int = Query(0, ge=0, le=4095),
+                      parents: bool = Query(False)):
+        """Compute the timeline (re-recorded in the sandbox), with `parents` also the ok parents' for
+        comparison, then show it on the kernel page."""
         run = reader.run(pages.check_run_id(run_id))
         row = run.latest(pages.check_strategy_id(strategy_id))
         if row is None:
             raise NotFound(f"Run {run.id} evaluated no strategy {strategy_id}.")
+        rows = [row] + ([p for pid in row.strategy.parents if (p := run.latest(pid)) is not None and p.result.ok]
+                        if parents else [])
         try:
-            timelines.get(reader.source(row.kernel_hash), run.config.task, run.config.machine, run.config.shape, core)
+            for r in rows:
+                timelines.get(reader.source(r.kernel_hash), run.config.task, run.config.machine, run.config.shape, core)
         except TimelineError as exc:
             return render("kernel.html", 422, core=core,
                           **pages.kernel_page(reader, run, strategy_id, None, f"No timeline: {exc}"))

@@ -186,9 +186,10 @@ def bars_svg(items: list[tuple[str, float, str, str | None]], vmax: float, label
 
 
 def gantt_svg(timeline: list[tuple[int, str, float, float]], pipes: list[str], clock_ghz: float,
-              width: int = 1100) -> str:
+              width: int = 1100, span_us: float | None = None) -> str:
     """One core's ops as intervals per pipe over time; intervals closer than half a pixel are
-    merged so a long trace stays a few hundred rectangles."""
+    merged so a long trace stays a few hundred rectangles. `span_us` fixes the time axis, so
+    timelines drawn one above the other compare at a glance."""
     if not timeline:
         return _empty("the core ran no op", "timeline")
     used = [p for p in pipes if any(t[1] == p for t in timeline)]
@@ -196,7 +197,7 @@ def gantt_svg(timeline: list[tuple[int, str, float, float]], pipes: list[str], c
     row = 26
     height = TOP + row * len(used) + BOTTOM
     right = 48
-    xs = Scale(0, end / clock_ghz / 1e3, LEFT, width - right)
+    xs = Scale(0, span_us or end / clock_ghz / 1e3, LEFT, width - right)
     out = [f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {width} {height}" class="chart gantt" role="img" '
            f'aria-label="timeline">']
     for t in xs.ticks():

@@ -187,6 +187,31 @@ def families(points: list[Point]) -> list[FamilyRow]:
     return sorted(out, key=lambda f: -(f.best_tflops or 0))
 
 
+@dataclass(frozen=True)
+class TechniqueRow:
+    tag: str
+    value: str
+    evaluations: int
+    ok: int
+    best_tflops: float | None
+    median_tflops: float | None
+
+
+def techniques(run: RunData) -> list[TechniqueRow]:
+    """Per technique tag (buffering, tiling, core mapping, ...) and value: how its kernels fared."""
+    groups: dict[tuple[str, str], list[Point]] = {}
+    for row, p in zip(run.rows, run.points):
+        for tag, value in row.strategy.tags.items():
+            if tag != "family":
+                groups.setdefault((tag, value), []).append(p)
+    out = []
+    for (tag, value), pts in sorted(groups.items()):
+        ok = sorted(p.tflops for p in pts if p.ok)
+        out.append(TechniqueRow(tag, value, len(pts), len(ok), ok[-1] if ok else None,
+                                ok[len(ok) // 2] if ok else None))
+    return out
+
+
 def failures(run: RunData) -> list[FailureRow]:
     groups: dict[tuple[str, str], list[EvalRow]] = {}
     for row in run.rows:

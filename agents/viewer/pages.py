@@ -17,7 +17,8 @@ from pygments.formatters import HtmlFormatter
 from pygments.lexers import DiffLexer, PythonLexer
 
 from agents.viewer import charts
-from agents.viewer.data import ArchiveReader, NotFound, Point, RunData, convergence, failures, families, pareto
+from agents.viewer.data import (ArchiveReader, NotFound, Point, RunData, convergence, failures, families, pareto,
+                                techniques)
 from agents.viewer.timeline import Timeline
 from strategies.archive import EvalRow
 
@@ -72,6 +73,7 @@ def run_page(run: RunData) -> dict:
     ok = sorted((r for r in run.rows if r.result.ok), key=lambda r: r.result.time_ns)
     return dict(
         run=run, points=points, best=run.best, front=front, families=fams, failures=failures(run),
+        techniques=techniques(run),
         ok_count=len(run.ok_points), top=ok[:15],
         convergence_svg=Markup(charts.convergence_svg(points, convergence(points), link)),
         pareto_svg=Markup(charts.pareto_svg(points, front, link)),
@@ -104,7 +106,7 @@ def source_diff(old: str, new: str, old_name: str, new_name: str) -> str:
 
 
 def kernel_page(reader: ArchiveReader, run: RunData, strategy_id: str, timeline: Timeline | None,
-                timeline_error: str = "") -> dict:
+                timeline_error: str = "", parent_timelines: dict[str, Timeline] | None = None) -> dict:
     row = run.latest(check_strategy_id(strategy_id))
     if row is None:
         raise NotFound(f"Run {run.id} evaluated no strategy {strategy_id}.")
@@ -132,10 +134,19 @@ def kernel_page(reader: ArchiveReader, run: RunData, strategy_id: str, timeline:
         if error_bars else None,
         pipes_svg=Markup(charts.bars_svg([(p, f, f"{f:.0%}", None) for p, f in pipes], 1.0, "pipe busy"))
         if pipes else None,
-        timeline=timeline, timeline_error=timeline_error,
-        gantt_svg=Markup(charts.gantt_svg(list(timeline.ops), list(timeline.pipes), timeline.clock_ghz))
-        if timeline else None,
+        timeline=timeline, timeline_error=timeline_error, **_gantts(timeline, parent_timelines or {}),
+        ok_parents=sum(1 for p in parents if p["row"] is not None and p["row"].result.ok),
     )
+
+
+def _gantts(timeline: Timeline | None, parents: dict[str, Timeline]) -> dict:
+    """This kernel's timeline and its parents' (when computed), on one time axis."""
+    if timeline is None:
+        return dict(gantt_svg=None, parent_gantts=[])
+    every = [timeline, *parents.values()]
+    span = max(max((op[3] for op in t.ops), default=0.0) / t.clock_ghz / 1e3 for t in every) or None
+    draw = lambda t: Markup(charts.gantt_svg(list(t.ops), list(t.pipes), t.clock_ghz, span_us=span))  # noqa: E731
+    return dict(gantt_svg=draw(timeline), parent_gantts=[(pid, t, draw(t)) for pid, t in parents.items()])
 
 
 def leaderboard_groups(rows: list[dict]) -> list[dict]:
@@ -164,6 +175,7 @@ def run_json(run: RunData) -> dict:
                 convergence=convergence(list(run.points)),
                 pareto=[[p.seq, p.attempt] for p in pareto(list(run.points))],
                 families=[asdict(f) for f in families(list(run.points))],
+                techniques=[asdict(t) for t in techniques(run)],
                 failures=[asdict(f) for f in failures(run)])
 
 
