@@ -74,7 +74,7 @@ def _run(trace: Trace, machine: MachineSpec, gm: dict[int, np.ndarray], cores: s
          targets: dict[int, np.ndarray] | None) -> dict[int, np.ndarray]:
     mem = _Memory(gm)
     per_core = [phases(ops) for ops in trace.ops]
-    keep = backward_slice(trace, targets) if targets is not None else None
+    keep = backward_slice(trace, targets, per_core) if targets is not None else None
     n_phases = len(per_core[0]) if per_core else 0
     for phase in range(n_phases):
         for core, core_phases in enumerate(per_core):

@@ -8,6 +8,8 @@ ops, in order, gives the chosen elements bit for bit the values of a full replay
 """
 from __future__ import annotations
 
+from bisect import bisect_right
+
 import numpy as np
 
 from hwmodel.dsl import Trace
@@ -36,28 +38,17 @@ def _reads_destination(op: Op) -> bool:
     return op.kind == "mma" and op.params[0]
 
 
-def backward_slice(trace: Trace, targets: dict[int, np.ndarray]) -> list[list[list[bool]]]:
+def backward_slice(trace: Trace, targets: dict[int, np.ndarray],
+                   per_core: list[list[list[Op]]] | None = None) -> list[list[list[bool]]]:
     """keep[phase][core][i]: whether op i of that core's phase is needed for the final values of
-    the GM elements marked in `targets` (tensor id -> boolean mask of the tensor's shape)."""
-    per_core = [phases(ops) for ops in trace.ops]
+    the GM elements marked in `targets` (tensor id -> boolean mask of the tensor's shape).
+    `per_core`: the trace's ops already split by phases(), if the caller has them."""
+    per_core = per_core if per_core is not None else [phases(ops) for ops in trace.ops]
     n_phases = len(per_core[0]) if per_core else 0
     gm_shapes = {t.id: t.shape for t in trace.tensors}
-    need_gm: dict[int, np.ndarray] = {t: m.copy() for t, m in targets.items()}
-    need_local: list[dict[tuple[int, int], np.ndarray]] = [{} for _ in per_core]
+    need_gm: dict[int, np.ndarray] = {-1 - t: m.copy() for t, m in targets.items()}   # by View.key (GM: < 0)
+    need_local: list[dict[int, np.ndarray]] = [{} for _ in per_core]                   # by View.key (slot)
     keep = [[[False] * len(per_core[c][p]) for c in range(len(per_core))] for p in range(n_phases)]
-
-    def mask(core: int, v: View, create: bool) -> np.ndarray | None:
-        if v.space == "GM":
-            m = need_gm.get(v.base)
-            if m is None and create:
-                m = need_gm[v.base] = np.zeros(gm_shapes[v.base], bool)
-            return m
-        key = (v.base, v.slot)
-        m = need_local[core].get(key)
-        if m is None and create:
-            m = need_local[core][key] = np.zeros(trace.buffers[core][v.base].shape, bool)
-        return m
-
     where: dict[int, tuple] = {}   # view id -> numpy index (views are shared objects)
 
     def at(v: View) -> tuple:
@@ -69,25 +60,41 @@ def backward_slice(trace: Trace, targets: dict[int, np.ndarray]) -> list[list[li
     for p in reversed(range(n_phases)):
         for core in reversed(range(len(per_core))):
             ops, kept, local = per_core[core][p], keep[p][core], need_local[core]
-            for i in reversed(range(len(ops))):
-                op = ops[i]
-                wanted = False
-                for v in op.dst:
-                    m = need_gm.get(v.base) if v.space == "GM" else local.get((v.base, v.slot))
-                    if m is not None and m[at(v)].any():
-                        wanted = True
+            buffers = trace.buffers[core]
+            # candidates: ops writing a storage key with some need (found with numpy, redone only
+            # when a new key becomes needed); each is then checked exactly on the elements
+            gm_writes = [i for i, op in enumerate(ops) if op.dst[0].key < 0]   # positions of ops writing GM
+            i = len(ops) - 1
+            while i >= 0:
+                if not local:   # nothing of this core's buffers is needed: only a GM write can be
+                    j = bisect_right(gm_writes, i) - 1
+                    if j < 0:
                         break
-                if not wanted:
+                    i = gm_writes[j]
+                op = ops[i]
+                i -= 1
+                for v in op.dst:
+                    key = v.key
+                    m = need_gm.get(key) if key < 0 else local.get(key)
+                    if m is not None and m[at(v)].any():
+                        break
+                else:
                     continue
-                kept[i] = True
+                kept[i + 1] = True
                 reads_dst = _reads_destination(op)
                 if not reads_dst:
                     for v in op.dst:
-                        m = mask(core, v, False)
+                        key = v.key
+                        m = need_gm.get(key) if key < 0 else local.get(key)
                         if m is not None:
                             m[at(v)] = False
-                            if v.space != "GM" and not m.any():   # fully resolved: the fast path skips it
-                                del local[(v.base, v.slot)]
+                            if key >= 0 and not m.any():   # fully resolved
+                                del local[key]
                 for v in op.src + (op.dst if reads_dst else ()):
-                    mask(core, v, True)[at(v)] = True
+                    key = v.key
+                    needs = need_gm if key < 0 else local
+                    m = needs.get(key)
+                    if m is None:
+                        m = needs[key] = np.zeros(gm_shapes[v.base] if key < 0 else buffers[v.base].shape, bool)
+                    m[at(v)] = True
     return keep
