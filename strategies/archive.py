@@ -3,6 +3,7 @@ lineage. Every evaluation is committed as it finishes, so a killed run loses at 
 one in flight and `cubepilot run --resume` continues from what is recorded."""
 from __future__ import annotations
 
+import hashlib
 import json
 import sqlite3
 import time
@@ -27,6 +28,7 @@ CREATE TABLE IF NOT EXISTS evaluations (
     time_ns REAL, tflops REAL, pct_roofline REAL, error REAL, result TEXT, created REAL,
     PRIMARY KEY (run_id, seq, attempt));
 CREATE TABLE IF NOT EXISTS lineage (run_id TEXT, child TEXT, parent TEXT, PRIMARY KEY (run_id, child, parent));
+CREATE TABLE IF NOT EXISTS pending (run_id TEXT, seq INTEGER, kernel TEXT, tries INTEGER, PRIMARY KEY (run_id, seq));
 """
 
 
@@ -117,10 +119,31 @@ class Archive:
             self.db.execute("INSERT OR IGNORE INTO kernels VALUES (?,?)", (result.source_hash, source))
             self.db.executemany("INSERT OR IGNORE INTO lineage VALUES (?,?,?)",
                                 [(run_id, strategy.id, p) for p in strategy.parents])
+            self.db.execute("DELETE FROM pending WHERE run_id = ? AND seq = ?", (run_id, seq))
             self.db.execute("INSERT OR REPLACE INTO evaluations VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
                             (run_id, seq, attempt, strategy.id, result.source_hash, result.status.value,
                              None if result.time_ns == float("inf") else result.time_ns, result.tflops,
                              result.pct_of_roofline, err, result.model_dump_json(), time.time()))
+
+    def begin(self, run_id: str, steps: list[tuple[int, str]]) -> dict[int, int]:
+        """Mark steps (seq, kernel source) as in flight, committed before they are evaluated, and
+        return how many times each has been started with the same kernel, this time included.
+        `record` clears the mark; one left behind means the evaluating process died (killed, out
+        of memory, crashed), so a resumed run can tell a candidate that keeps killing it."""
+        tries = {}
+        with self.db:
+            for seq, source in steps:
+                kernel = hashlib.sha256(source.encode()).hexdigest()[:32]
+                row = self.db.execute("SELECT kernel, tries FROM pending WHERE run_id = ? AND seq = ?",
+                                      (run_id, seq)).fetchone()
+                tries[seq] = row[1] + 1 if row and row[0] == kernel else 1
+                self.db.execute("INSERT OR REPLACE INTO pending VALUES (?,?,?,?)", (run_id, seq, kernel, tries[seq]))
+        return tries
+
+    def clear_pending(self, run_id: str) -> None:
+        """Forget in-flight marks: the run was stopped on purpose (Ctrl-C, SIGTERM), not by a candidate."""
+        with self.db:
+            self.db.execute("DELETE FROM pending WHERE run_id = ?", (run_id,))
 
     def evaluations(self, run_id: str) -> list[EvalRow]:
         cur = self.db.execute("""SELECT e.seq, e.attempt, s.body, e.kernel_hash, e.result FROM evaluations e
@@ -130,9 +153,9 @@ class Archive:
                 for seq, attempt, body, h, res in cur]
 
     def raw_evaluations(self, run_id: str) -> list[tuple]:
-        """(seq, attempt, strategy JSON, kernel hash, result JSON) rows, unparsed: a reader that must
-        survive rows written by an older or newer cubepilot parses them one by one."""
-        return self.db.execute("""SELECT e.seq, e.attempt, s.body, e.kernel_hash, e.result FROM evaluations e
+        """(seq, attempt, strategy id, strategy JSON, kernel hash, result JSON) rows, unparsed: a reader
+        that must survive rows written by an older or newer cubepilot parses them one by one."""
+        return self.db.execute("""SELECT e.seq, e.attempt, e.strategy_id, s.body, e.kernel_hash, e.result FROM evaluations e
                                   JOIN strategies s ON s.id = e.strategy_id AND s.run_id = e.run_id
                                   WHERE e.run_id = ? ORDER BY e.seq, e.attempt""", (run_id,)).fetchall()
 

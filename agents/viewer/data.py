@@ -120,11 +120,12 @@ def _finite(x: float | None) -> float | None:
     return x if x is not None and math.isfinite(x) else None
 
 
-def point(row: EvalRow) -> Point:
+def point(row: EvalRow, strategy_id: str | None = None) -> Point:
+    """`strategy_id` saves hashing the strategy again when the archive row already names it."""
     r = row.result
     err = max(r.errors.values()) if r.errors else None
-    return Point(row.seq, row.attempt, row.strategy.id, row.strategy.family, row.strategy.origin, r.status.value,
-                 r.rule, _finite(r.time_ns), r.tflops, r.pct_of_roofline, _finite(err), r.bottleneck)
+    return Point(row.seq, row.attempt, strategy_id or row.strategy.id, row.strategy.family, row.strategy.origin,
+                 r.status.value, r.rule, _finite(r.time_ns), r.tflops, r.pct_of_roofline, _finite(err), r.bottleneck)
 
 
 @lru_cache(maxsize=64)
@@ -298,16 +299,17 @@ def _load_run(store: Archive, run_id: str, created: float, status: str, config_j
         config = RunConfig.model_validate_json(config_json)
     except ValidationError:          # a config written by another version: show what it says
         config = RunConfig.model_construct(**json.loads(config_json))
-    rows, unreadable = [], 0
-    for seq, attempt, body, kernel_hash, result in store.raw_evaluations(run_id):
+    rows, ids, unreadable = [], [], 0
+    for seq, attempt, strategy_id, body, kernel_hash, result in store.raw_evaluations(run_id):
         try:
             rows.append(EvalRow(seq, attempt, Strategy.model_validate_json(body), kernel_hash,
                                 EvalResult.model_validate_json(result)))
+            ids.append(strategy_id)
         except ValidationError:
             unreadable += 1
     roof, note = run_roof(config.task, config.machine, config.shape)
-    points = tuple(point(r) for r in rows)
-    by_id = {p.strategy_id: i for i, p in enumerate(points)}          # Strategy.id hashes: compute it once
+    points = tuple(point(r, sid) for r, sid in zip(rows, ids))
+    by_id = {p.strategy_id: i for i, p in enumerate(points)}          # Strategy.id hashes: look it up once
     kids: dict[str, list[int]] = {}
     for sid, i in by_id.items():
         for parent in rows[i].strategy.parents:
