@@ -127,31 +127,50 @@ def l2_work(trace: Trace, machine: MachineSpec) -> int:
 def _l2_touches(distinct: dict[int, Op], counts: Counter, machine: MachineSpec,
                 tensor_shapes: dict[int, tuple[int, ...]]) -> tuple[int, tuple[int, int, Op | None]]:
     """(total touches, (blocks per transfer, issues, op) of the heaviest distinct GM copy)."""
-    total, worst = 0, (0, 0, None)
+    gm = machine.gm
+    br, per_block, sector_bits = gm.l2_block_rows, max(1, gm.l2_block_bytes // gm.sector_bytes), 8 * gm.sector_bytes
+    memo: dict[tuple, int] = {}
+    total, worst, worst_touches = 0, (0, 0, None), 0
     for i, op in distinct.items():
         if op.kind != "copy":
             continue
-        dst, src = op.dst[0], op.src[0]
-        view = dst if dst.space == "GM" else src if src.space == "GM" else None
-        if view is None:
-            continue
-        blocks = _block_entries(view, machine.gm, tensor_shapes[view.base])
+        view = op.dst[0]
+        if view.space != "GM":
+            view = op.src[0]
+            if view.space != "GM":
+                continue
+        shape = tensor_shapes[view.base]
+        if len(shape) == 2:                   # one run of rows: cheaper than a memo lookup
+            bits = BITS[view.dtype]
+            c0, r0 = view.offset[-1] * bits, view.offset[0]
+            blocks = (((r0 + view.extent[0] - 1) // br - r0 // br + 1)
+                      * ((-(-(c0 + view.extent[-1] * bits) // sector_bits) - 1) // per_block - c0 // sector_bits // per_block + 1))
+        else:
+            key = (view.base, view.offset, view.extent, view.dtype)
+            blocks = memo.get(key)
+            if blocks is None:
+                blocks = memo[key] = _block_entries(view, shape, br, per_block, sector_bits)
         touches = blocks * counts[i]
         total += touches
-        if touches > worst[0] * worst[1]:
-            worst = (blocks, counts[i], op)
+        if touches > worst_touches:
+            worst, worst_touches = (blocks, counts[i], op), touches
     return total, worst
 
 
-def _block_entries(view, gm, base_shape: tuple[int, ...]) -> int:
+def _block_entries(view, base_shape: tuple[int, ...], br: int, per_block: int, sector_bits: int) -> int:
     """The (row run, L2 block) entries _GmAccess builds for a view, counted without building them
     (an upper bound for views of more than 4,096 row runs at strides that are not whole blocks)."""
-    _, per_block, s0, s1, _ = _sector_geometry(view, gm, base_shape)
+    bits = BITS[view.dtype]
+    s0 = view.offset[-1] * bits // sector_bits                              # as in _sector_geometry
+    s1 = -(-(view.offset[-1] + view.extent[-1]) * bits // sector_bits)
     col_blocks = (s1 - 1) // per_block - s0 // per_block + 1
+    if len(base_shape) == 2:                                                # one run of rows
+        r0 = view.offset[0]
+        return ((r0 + view.extent[0] - 1) // br - r0 // br + 1) * col_blocks
     offset, extent, shape = view.offset[:-1], view.extent[:-1], base_shape[:-1]
     if not shape:
         return col_blocks
-    br, rows = gm.l2_block_rows, extent[-1]
+    rows = extent[-1]
     strides = [prod(shape[d + 1:]) for d in range(len(shape) - 1)]
     runs = prod(extent[:-1])
 

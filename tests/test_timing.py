@@ -394,7 +394,8 @@ def test_block_count_matches_the_blocks_built(shape, rng):
         view = View("GM", 0, 0, offset, extent, (True,) * len(shape), "fp16")
         op = Op("copy", (View.whole("UB", 1, 0, extent, "fp16"),), (view,), (), 0)
         built = len(_GmAccess(op, machine(M910), {0: 0}, shape).blocks)
-        counted = _block_entries(view, gm, shape)
+        counted = _block_entries(view, shape, gm.l2_block_rows, gm.l2_block_bytes // gm.sector_bytes,
+                                 8 * gm.sector_bytes)
         assert counted == built if prod(extent[:-2]) <= 4096 else counted >= built
 
 
