@@ -142,9 +142,10 @@ def _l2_touches(distinct: dict[int, Op], counts: Counter, machine: MachineSpec,
         shape = tensor_shapes[view.base]
         if len(shape) == 2:                   # one run of rows: cheaper than a memo lookup
             bits = BITS[view.dtype]
-            c0, r0 = view.offset[-1] * bits, view.offset[0]
+            r0, s0 = view.offset[0], view.offset[-1] * bits // sector_bits
+            s1 = -(-(view.offset[-1] + view.extent[-1]) * bits // sector_bits)
             blocks = (((r0 + view.extent[0] - 1) // br - r0 // br + 1)
-                      * ((-(-(c0 + view.extent[-1] * bits) // sector_bits) - 1) // per_block - c0 // sector_bits // per_block + 1))
+                      * ((s1 - 1) // per_block - s0 // per_block + 1))
         else:
             key = (view.base, view.offset, view.extent, view.dtype)
             blocks = memo.get(key)
