@@ -416,9 +416,9 @@ def test_thin_copies_over_many_blocks_fail_fast_with_the_numbers():
     assert l2_work(recorded, spec) == 8192
     forged = Trace(recorded.machine, recorded.tensors, recorded.buffers,
                    tuple((op,) * 5_000 for _ in recorded.ops))
-    started = time.perf_counter()
+    started = time.process_time()                           # CPU time: other jobs on the machine don't count
     with pytest.raises(BudgetError, match=r"1,310,720,000 L2 block touches.*8,192 L2 blocks.*160,000 times"):
         simulate_timing(forged, spec)
-    assert time.perf_counter() - started < 1.0
+    assert time.process_time() - started < 1.0
     assert BudgetError.rule == "trusted budget" and issubclass(BudgetError, HwError)
     assert l2_work(forged, spec) > MAX_L2_BLOCK_TOUCHES
