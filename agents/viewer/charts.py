@@ -37,8 +37,11 @@ class Scale:
     def ticks(self) -> list[float]:
         if self.log:
             k0, k1 = math.floor(math.log10(self.lo)), math.ceil(math.log10(self.hi))
-            steps = (1,) if k1 - k0 > 3 else (1, 2, 5)
-            return [m * 10.0 ** k for k in range(k0, k1 + 1) for m in steps if self.lo <= m * 10.0 ** k <= self.hi]
+            for steps in ((1,) if k1 - k0 > 3 else (1, 2, 5), (1, 2, 3, 5, 7), range(1, 10)):
+                ticks = [m * 10.0 ** k for k in range(k0, k1 + 1) for m in steps if self.lo <= m * 10.0 ** k <= self.hi]
+                if len(ticks) >= 3:
+                    break
+            return ticks
         raw = (self.hi - self.lo) / 5
         mag = 10 ** math.floor(math.log10(raw))
         step = next(s * mag for s in (1, 2, 5, 10) if s * mag >= raw)
@@ -141,6 +144,8 @@ def roofline_svg(roof: Roof, points: list[Point], link: Link, shape: str) -> str
     ys = Scale(y_lo, max(peaks) * 1.6, H - BOTTOM, TOP, log=True)
     out = _frame(xs, ys, "arithmetic intensity (FLOP per compulsory byte, log)", "TFLOP/s (log)", "roofline")
     for engine, peak in sorted(roof.other_peaks.items(), key=lambda kv: -kv[1]):
+        if not ys.lo <= peak <= ys.hi:
+            continue
         ridge = peak * 1e3 / roof.hbm_gbps
         out.append(f'<path d="M{xs(max(x_lo, ridge)):.1f},{ys(peak):.1f} H{W - RIGHT}" class="roof-other"/>'
                    f'<text x="{W - RIGHT - 4}" y="{ys(peak) - 3:.1f}" class="tick" text-anchor="end">'
@@ -151,7 +156,7 @@ def roofline_svg(roof: Roof, points: list[Point], link: Link, shape: str) -> str
                f'{escape(roof.engine)} peak {roof.peak_tflops:.1f}, ridge {roof.ridge:.0f} FLOP/B</text>')
     x = xs(roof.intensity)
     out.append(f'<path d="M{x:.1f},{TOP} V{H - BOTTOM}" class="intensity"/>'
-               f'<text x="{x + 4:.1f}" y="{H - BOTTOM - 6}" class="tick">{escape(shape)}: {roof.intensity:.0f} '
+               f'<text x="{x + 4:.1f}" y="{TOP + 12}" class="tick">{escape(shape)}: {roof.intensity:.0f} '
                f'FLOP/B, limit {roof.limit_tflops:.1f}</text>')
     for p in ok:
         out.append(f'<a href="{escape(link(p))}"><circle cx="{x:.1f}" cy="{ys(p.tflops):.1f}" r="3.6" '
