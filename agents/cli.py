@@ -281,7 +281,7 @@ def run(
         stopped = True
         summary = run_cli.interrupted_summary(store, run_id)
     except run_cli.WorkerCrashed as exc:
-        run_cli.interrupted_summary(store, run_id)
+        run_cli.interrupted_summary(store, run_id, on_purpose=False)
         store.close()
         fail(f"{exc}. Resume with:\n  cubepilot run --resume {run_id}"
              + run_cli.archive_flag({"archive": str(store.path)}) + "\n(add --workers 1 if memory is short)")

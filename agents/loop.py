@@ -7,18 +7,20 @@ same choices it would have made without the interruption, and never re-evaluates
 """
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from typing import Callable, Iterable
 
 import numpy as np
 
 from agents.backend import Backend
-from evaluator.result import EvalResult
+from evaluator.result import EvalResult, EvalStatus
 from strategies.archive import Archive, RunConfig
 from strategies.evolution import Elites
 from strategies.strategy import Strategy
 
 INITIAL_POPULATION = 8
+MAX_CUT_SHORT = 2       # evaluations of one step that may end with the evaluating process dead
 MAX_DUPLICATE_TRIES = 30
 
 Evaluate = Callable[[list[tuple[str, int]]], Iterable[EvalResult]]   # [(source, seq)] -> results, in order
@@ -55,7 +57,9 @@ def evolve(archive: Archive, run_id: str, config: RunConfig, backend: Backend, e
             seen.add(strategy.id)
         todo = batch[seq - first:]
         sources = [backend.implement(strategy) for strategy in todo]
-        for strategy, source, result in zip(todo, sources, evaluate([(src, seq + i) for i, src in enumerate(sources)])):
+        jobs = [(src, seq + i) for i, src in enumerate(sources)]
+        results = evaluate_unless_fatal(archive, run_id, config, evaluate, jobs)
+        for strategy, source, result in zip(todo, sources, results):
             archive.record(run_id, seq, 0, strategy, source, result)
             done.append((strategy, result))
             elites.add(strategy, result)
@@ -64,6 +68,25 @@ def evolve(archive: Archive, run_id: str, config: RunConfig, backend: Backend, e
             seq += 1
         first = seq
     return summarize(archive, run_id, elites, sum(not r.ok for _, r in done), completed=True)
+
+
+def evaluate_unless_fatal(archive: Archive, run_id: str, config: RunConfig, evaluate: Evaluate,
+                          jobs: list[tuple[str, int]]) -> Iterable[EvalResult]:
+    """Results of `jobs` in order. Each is marked in flight first; a step that was already in
+    flight MAX_CUT_SHORT times when the evaluating process died (killed, out of memory, crashed)
+    is not evaluated again but recorded as an evaluator error, so a resumed run cannot be stopped
+    by the same candidate forever."""
+    tries = archive.begin(run_id, [(seq, source) for source, seq in jobs])
+    results = iter(evaluate([job for job in jobs if tries[job[1]] <= MAX_CUT_SHORT]))
+    for source, seq in jobs:
+        if tries[seq] <= MAX_CUT_SHORT:
+            yield next(results)
+        else:
+            yield EvalResult(status=EvalStatus.evaluator_error, stage="trusted", rule="evaluator.died",
+                             message=f"this kernel's evaluation was cut short {tries[seq] - 1} times (the evaluating "
+                             "process died: killed, out of memory or crashed); it is not evaluated again",
+                             task=config.task, machine=config.machine, shape=config.shape,
+                             source_hash=hashlib.sha256(source.encode()).hexdigest()[:32])
 
 
 def propose_batch(backend: Backend, seed: int, initial: list[Strategy], elites: Elites, seen: set[str],

@@ -114,8 +114,12 @@ def stop_on_signals() -> None:
     signal.signal(signal.SIGTERM, stop)
 
 
-def interrupted_summary(archive: Archive, run_id: str) -> RunSummary:
+def interrupted_summary(archive: Archive, run_id: str, on_purpose: bool = True) -> RunSummary:
+    """Mark the run stopped. Stopped on purpose (Ctrl-C, SIGTERM), the evaluations in flight were
+    not the candidates' doing: forget them, so a resume evaluates them as new."""
     archive.set_status(run_id, "stopped")
+    if on_purpose:
+        archive.clear_pending(run_id)
     return summarize(archive, run_id)
 
 
