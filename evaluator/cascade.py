@@ -234,7 +234,8 @@ class _Cascade:
                           tflops=rep.tflops, pct_of_peak=100 * rep.tflops / roof.peak_tflops,
                           pct_of_roofline=100 * rep.attained, bottleneck=f"{rep.busiest_pipe} {rep.busiest_fraction:.0%}",
                           pipe_busy={p: round(f, 4) for p, f in timing.pipe_busy.items()},
-                          l2_hit_rate=timing.l2_hit_rate, roofline=rep.text(), bench_error=err,
+                          l2_hit_rate=timing.l2_hit_rate, hbm_bytes=timing.hbm_bytes, roofline=rep.text(),
+                          bench_error=err,
                           eval_seconds=time.perf_counter() - self.started, **self.base, **extra)
 
 

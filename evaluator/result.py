@@ -50,6 +50,7 @@ class EvalResult(BaseModel):
     bottleneck: str = ""
     pipe_busy: dict[str, float] = Field(default_factory=dict)
     l2_hit_rate: float = 0.0
+    hbm_bytes: int = Field(0, description="bytes the timed run moved between L2 and HBM (fills and write-backs)")
     roofline: str = ""
     ops: int = 0
     seed: int = 0

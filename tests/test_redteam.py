@@ -38,8 +38,28 @@ def test_redteam_kernel_is_rejected(path: Path):
     result = evaluate(path.read_text(), task, load_machine("ascend-910a"), shape,
                       EvalConfig(seed=7, limits=LIMITS))
     assert result.status.value == header(path, "expect"), result.message
+    if result.ok:   # a correct kernel that games the timing model: it must gain nothing by the trick
+        baseline = path.read_text().replace(*_knob_line(path))
+        plain = evaluate(baseline, task, load_machine("ascend-910a"), shape, EvalConfig(seed=7, limits=LIMITS))
+        assert plain.ok and result.time_ns >= plain.time_ns, (result.time_ns, plain.time_ns)
+        assert result.hbm_bytes >= plain.hbm_bytes, (result.hbm_bytes, plain.hbm_bytes)   # no fill for free
+        return
     assert result.message, "a rejection must say why"
     assert result.time_ns == float("inf")
+
+
+def _knob_line(path: Path) -> tuple[str, str]:
+    """('KNOB = value' in the kernel, '# baseline: KNOB = other' from its header)."""
+    line = header_line(path, "baseline")
+    assert line, f"{path.name} expects ok, so it must name its baseline: '# baseline: KNOB = VALUE'"
+    knob = line.split("=")[0].strip()
+    current = re.search(rf"^{knob} = .*$", path.read_text(), re.M).group(0)
+    return current, line
+
+
+def header_line(path: Path, field: str) -> str | None:
+    match = re.search(rf"^# {field}: (.+)$", path.read_text(), re.M)
+    return match.group(1).strip() if match else None
 
 
 LIBRARY = [(f.name, f.task) for f in FAMILIES.values() if f.task in ("sgemm", "hgemm")]   # qgemm, attention: own tests
