@@ -30,7 +30,7 @@ ALLOWED_SYSCALLS = (
     "brk", "mmap", "munmap", "mremap", "madvise", "mprotect",
     "rt_sigreturn", "rt_sigaction", "rt_sigprocmask", "sigaltstack",
     "futex", "sched_yield", "clock_gettime", "clock_getres", "gettimeofday", "time", "getrandom",
-    "getpid", "gettid", "getuid", "geteuid", "getgid", "getegid",
+    "getpid", "gettid",
     "exit", "exit_group",
 )
 

@@ -10,6 +10,7 @@ process, from the validated traces.
 """
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import re
@@ -35,6 +36,7 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 CHILD_ENTRY = "evaluator.sandbox_child:main"
 OUTPUT_TAIL_BYTES = 16 * 1024      # of the kernel's stdout + stderr, kept for error messages
 KERNEL_TAIL_CHARS = 200            # of that tail, quoted in a message
+REPLY_PIPE_BYTES = 2**20           # asked of the kernel for the reply pipe (Linux's default maximum)
 # The largest library trace at a benchmark shape is about 50 MB (sgemm_termwise, 2.6 M ops,
 # 4096^3 on ascend-910a); the cap is four times that.
 MAX_TRACE_BYTES = 200 * 2**20
@@ -107,6 +109,10 @@ class SandboxRun:
         self._started = time.monotonic()
         self._reply_r, reply_w = os.pipe()
         self._out_r, out_w = os.pipe()
+        try:      # a larger pipe: fewer round trips between child and parent for a big trace
+            fcntl.fcntl(reply_w, fcntl.F_SETPIPE_SZ, REPLY_PIPE_BYTES)
+        except OSError:
+            pass
         try:
             self._proc = subprocess.Popen(
                 [sys.executable, "-E", "-s", "-B", "-c", launch, str(PROJECT_ROOT), str(reply_w), str(os.getpid())],

@@ -33,6 +33,7 @@ KERNEL_TEXT_CHARS = 200
 _UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\u200b-\u200f\u2028-\u202e\u2066-\u2069\ufeff]+")
 _AUDITED = ("open", "os.", "subprocess.", "socket.", "ctypes.", "shutil.", "_posixsubprocess", "mmap.",
             "pty.", "signal.", "sys.setprofile", "sys.settrace", "sys.addaudithook", "code.", "import")
+_FREQUENT = frozenset({"builtins.id", "sys._getframe", "object.__getattr__", "object.__setattr__"})
 
 
 def clean_text(text: str, limit: int = MAX_MESSAGE_CHARS) -> str:
@@ -102,11 +103,19 @@ class _Guard:
                     f"; kernels import only math and, from hwmodel.dsl, {', '.join(sorted(self.public))}")
         raise ImportError(f"import of {shown!r} is not allowed in kernels")
 
-    def audit(self, event: str, args) -> None:
-        if event.startswith(_AUDITED):
-            self.refuse("sandbox.audit", f"the kernel attempted {clean_text(event, 40)!r}, which the sandbox forbids "
-                        "(no files, processes, sockets, native code or interpreter hooks)")
-            raise PermissionError(f"{event} is not allowed in the kernel sandbox")
+    def audit_hook(self) -> Callable[[str, tuple], None]:
+        """The audit hook: it runs for every op and every id(), so it is a closure with a
+        fast path (a bound method costs three times as much per event)."""
+        frequent, audited, refuse = _FREQUENT, _AUDITED, self.refuse
+
+        def audit(event: str, args) -> None:
+            if event in frequent:
+                return
+            if event.startswith(audited):
+                refuse("sandbox.audit", f"the kernel attempted {clean_text(event, 40)!r}, which the sandbox "
+                       "forbids (no files, processes, sockets, native code or interpreter hooks)")
+                raise PermissionError(f"{event} is not allowed in the kernel sandbox")
+        return audit
 
 
 def _reply(fd: int, status: str, rule: str = "", message: str = "", line: int = 0,
@@ -128,7 +137,7 @@ def _write_all(fd: int, data: bytes) -> None:
 
 def main(after_contain: Callable[[dict], None] | None = None) -> None:
     """argv: project root, reply fd, parent pid. `after_contain` is for tests of the
-    containment itself: trusted code that runs right after contain(), in place of nothing."""
+    containment itself: trusted code run right after contain(), before the kernel is compiled."""
     reply_fd, parent_pid = int(sys.argv[2]), int(sys.argv[3])
     request = json.loads(sys.stdin.buffer.read())
     prepared = _prepare(request)
@@ -188,7 +197,7 @@ def _record(request: dict, machine, shapes, guard: _Guard, safe_builtins: dict, 
     except Exception as exc:      # null bytes, absurd nesting, too large
         raise _Failure("compile_error", "compile.syntax",
                        f"the source cannot be compiled: {_exception_text(exc)}") from None
-    sys.addaudithook(guard.audit)   # from here on the kernel's code runs
+    sys.addaudithook(guard.audit_hook())   # from here on the kernel's code runs
     namespace = {"__builtins__": safe_builtins, "__name__": "kernel"}
     try:
         exec(code, namespace)
