@@ -35,17 +35,27 @@ def test_redteam_has_every_class():
 def test_redteam_kernel_is_rejected(path: Path):
     task = get_task(header(path, "task", "sgemm"))
     shape = task.parse_shape(header(path, "shape", "512x512x512"))
-    result = evaluate(path.read_text(), task, load_machine("ascend-910a"), shape,
+    result = evaluate(kernel_source(path), task, load_machine("ascend-910a"), shape,
                       EvalConfig(seed=7, limits=LIMITS))
     assert result.status.value == header(path, "expect"), result.message
     if result.ok:   # a correct kernel that games the timing model: it must gain nothing by the trick
-        baseline = path.read_text().replace(*_knob_line(path))
+        baseline = kernel_source(path).replace(*_knob_line(path))
         plain = evaluate(baseline, task, load_machine("ascend-910a"), shape, EvalConfig(seed=7, limits=LIMITS))
         assert plain.ok and result.time_ns >= plain.time_ns, (result.time_ns, plain.time_ns)
         assert result.hbm_bytes >= plain.hbm_bytes, (result.hbm_bytes, plain.hbm_bytes)   # no fill for free
         return
     assert result.message, "a rejection must say why"
     assert result.time_ns == float("inf")
+
+
+def kernel_source(path: Path) -> str:
+    """The file's kernel, or a library family with knobs when it says '# library: FAMILY K=V ...'."""
+    line = header_line(path, "library")
+    if not line:
+        return path.read_text()
+    name, *knobs = line.split()
+    family = FAMILIES[name]
+    return family.implement(family.strategy({k: int(v) for k, v in (kv.split("=") for kv in knobs)}))
 
 
 def _knob_line(path: Path) -> tuple[str, str]:
