@@ -279,9 +279,12 @@ def test_pages_follow_a_real_run_writing(tmp_path, built, page):
         out, err = proc.communicate()
         assert proc.returncode == 0, err[-2000:]
         run_id = json.loads(out)["run_id"]
+        rows = db_rows(archive, run_id)
+        assert len(rows) == 3, rows
         assert page.goto(f"{server.url}/runs/{run_id}").status == 200
-        assert page.locator("#convergence circle.conv-pt, #convergence path.conv-fail").count() == 3
-        assert seen == sorted(seen) and len(set(seen)) >= 2
+        marks = page.locator("#convergence circle.conv-pt, #convergence path.conv-fail").count()
+        assert marks == len(rows), (marks, rows, page.locator(".sub").first.inner_text())
+        assert seen == sorted(seen) and len(set(seen)) >= 2, seen
     finally:
         if proc.poll() is None:
             proc.kill()
