@@ -96,3 +96,28 @@ def test_archive_markup_is_shown_not_run(tmp_path):
     finally:
         server.stop()
         store.close()
+
+
+@pytest.mark.integration
+def test_timeline_is_recorded_in_the_sandbox_once_and_cached(tmp_path, monkeypatch):
+    import threading
+
+    import agents.viewer.timeline as timeline
+    from strategies.library import kernel_path
+    source = kernel_path("hgemm_cube").read_text()
+    calls = []
+    compute = timeline.compute
+    monkeypatch.setattr(timeline, "compute", lambda *a, **k: (calls.append(a), compute(*a, **k))[1])
+    store = timeline.TimelineStore(tmp_path)
+    args = (source, "hgemm", "ascend-910a", "256x256x256", 0)
+    threads = [threading.Thread(target=store.get, args=args) for _ in range(3)]
+    [t.start() for t in threads]
+    [t.join() for t in threads]
+    assert len(calls) == 1                                   # concurrent requests share one sandbox recording
+    again = timeline.TimelineStore(tmp_path).get(*args)      # a new server reads the file
+    assert len(calls) == 1 and again.core == 0 and again.ops and {"M", "MTE2"} <= {op[1] for op in again.ops}
+    assert all(start <= end for _, _, start, end in again.ops)
+    with pytest.raises(timeline.TimelineError, match="does not exist"):
+        store.get(source, "hgemm", "ascend-910a", "256x256x256", 4000)
+    with pytest.raises(timeline.TimelineError, match="did not record"):
+        store.get("import os\n" + source, "hgemm", "ascend-910a", "256x256x256", 0)

@@ -85,15 +85,18 @@ class TimelineStore:
         if hit is not None:
             return hit
         with _compute_lock:
+            hit = self.cached(source, task, machine, shape, core)     # computed while this request waited
+            if hit is not None:
+                return hit
             timeline = compute(source, task, machine, shape, core, self.limits)
-        path = self._path(source, task, machine, shape, core)
-        try:
-            self.directory.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(f".{os.getpid()}.{threading.get_ident()}.tmp")
-            tmp.write_text(timeline.to_json())
-            tmp.replace(path)
-        except OSError:
-            pass            # an unwritable cache only costs a recomputation next time
+            path = self._path(source, task, machine, shape, core)
+            try:
+                self.directory.mkdir(parents=True, exist_ok=True)
+                tmp = path.with_suffix(f".{os.getpid()}.{threading.get_ident()}.tmp")
+                tmp.write_text(timeline.to_json())
+                tmp.replace(path)
+            except OSError:
+                pass            # an unwritable cache only costs a recomputation next time
         return timeline
 
 
