@@ -102,12 +102,15 @@ def _check_node(node: ast.AST, defined: set[str]) -> tuple[str, str] | None:
             return "policy.attribute", (f"attribute {node.attr!r} starts with an underscore; kernels use only the "
                                         "DSL's public API")
         if node.attr in FORBIDDEN_ATTRIBUTES:
-            return "policy.attribute", f"attribute {node.attr!r} reaches interpreter internals and is not allowed in kernels"
+            return "policy.attribute", (f"attribute {node.attr!r} reaches interpreter internals and is not "
+                                        "allowed in kernels")
     elif isinstance(node, ast.Name):
         if node.id.startswith("__"):
-            return "policy.name", f"name {node.id!r} is not allowed in kernels (dunder names reach interpreter internals)"
+            return "policy.name", (f"name {node.id!r} is not allowed in kernels (dunder names reach interpreter "
+                                   "internals)")
         if node.id in FORBIDDEN_BUILTINS and node.id not in defined:
-            return "policy.builtin", f"builtin {node.id!r} is not allowed in kernels (no eval, file access or introspection)"
+            return "policy.builtin", (f"builtin {node.id!r} is not allowed in kernels (no eval, file access or "
+                                      "introspection)")
     elif isinstance(node, (ast.AsyncFunctionDef, ast.Await, ast.AsyncFor, ast.AsyncWith)):
         return "policy.async", "async code is not allowed in kernels"
     elif isinstance(node, (ast.Global, ast.Nonlocal)):

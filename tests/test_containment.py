@@ -19,10 +19,12 @@ from hypothesis import strategies as st
 
 from evaluator.cascade import EvalConfig, evaluate
 from evaluator.codec import decode
+from evaluator.policy import check_policy
 from evaluator.sandbox import PROJECT_ROOT, SandboxLimits, SandboxRun, parse_reply
 from evaluator.sandbox_child import CHILD_STATUSES, quote_kernel_text
 from evaluator.tasks import get_task
 from hwmodel.spec import load_machine
+from strategies.families import FAMILIES
 from strategies.library import kernel_path
 
 PROBE = "tests.test_containment:probe_entry"
@@ -354,3 +356,30 @@ def test_odd_honest_code_opens_no_file_after_containment(source: str):
     a file access, so honest but odd code is not killed by the filter."""
     outcome = SandboxRun(source, load_machine("ascend-910a"), list(TASK.arg_names), SHAPE, LIMITS).result()
     assert outcome.status == "ok", outcome
+
+
+# ------------------------------------------------------------------ the policy, by name
+@pytest.mark.unit
+@pytest.mark.parametrize("source,rule", [
+    ("import hwmodel.dsl", "policy.import"),
+    ("import hwmodel", "policy.import"),
+    ("import hwmodel.dsl as d", "policy.import"),
+    ("from hwmodel import dsl", "policy.import"),
+    ("from hwmodel.dsl import sys", "policy.import"),
+    ("from hwmodel.dsl import Kernel, gc", "policy.import"),
+    ("from hwmodel.dsl import *", "policy.import"),
+    ("from math import *", "policy.import"),
+    ("x = k.__class__", "policy.attribute"),
+    ("x = eval('1')", "policy.builtin"),
+    ("x = __builtins__", "policy.name"),
+    ("class A:\n    pass", "policy.class"),
+])
+def test_policy_names_the_rule(source: str, rule: str):
+    violation = check_policy(source)
+    assert violation is not None and violation.rule == rule, violation
+
+
+@pytest.mark.unit
+def test_policy_allows_the_public_api_and_math():
+    assert check_policy("from hwmodel.dsl import Kernel\nimport math\nfrom math import sqrt, ceil\n") is None
+    assert all(check_policy(f.source) is None for f in FAMILIES.values())     # every library kernel
