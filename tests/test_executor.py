@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -227,3 +228,37 @@ def test_runs_with_workers_exit_when_done_on_a_loaded_machine(tmp_path):
             if run.poll() is None:        # hung: kill it and its workers
                 os.killpg(run.pid, signal.SIGKILL)
                 run.wait()
+
+
+def test_ctrl_c_stops_a_run_with_workers_and_leaves_no_process(tmp_path):
+    """Ctrl-C reaches the run's whole process group: workers ignore it, the run stops them
+    (each busy one kills its sandbox child), prints its summary and exits 130."""
+    archive = tmp_path / "runs.sqlite"
+    run = subprocess.Popen([*CLI, "run", "--budget", "30", "--seed", "2", "--workers", "2", "--json", "--shape", SHAPE,
+                            "--archive", str(archive)], cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(ROOT)},
+                           text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    seen: dict[int, tuple[str, str]] = {}
+    try:
+        def two_recorded() -> bool:
+            seen.update(descendants(run.pid))
+            return recorded(archive) >= 2
+        assert wait_until(two_recorded, 300), "the run recorded nothing"
+        seen.update(descendants(run.pid))
+        os.killpg(run.pid, signal.SIGINT)
+        out, err = run.communicate(timeout=60)
+        assert run.returncode == 130, err
+        assert 2 <= json.loads(out)["evaluations"] < 30
+        assert wait_until(lambda: not alive(seen), 5), f"left running: {alive(seen)}"
+    finally:
+        if run.poll() is None:
+            os.killpg(run.pid, signal.SIGKILL)
+            run.wait()
+        kill_all(seen)
+
+
+def recorded(archive: Path) -> int:
+    try:
+        with sqlite3.connect(archive) as db:
+            return db.execute("SELECT COUNT(*) FROM evaluations").fetchone()[0]
+    except sqlite3.Error:
+        return 0
