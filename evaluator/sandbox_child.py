@@ -184,19 +184,26 @@ def _prepare(request: dict) -> tuple:
     warnings.simplefilter("ignore")   # showing a warning looks up source lines: a file access
     sys.excepthook = _print_exception                               # so do the default hooks' tracebacks
     sys.unraisablehook = lambda unraisable: _print_exception(type(unraisable.exc_value), unraisable.exc_value, None)
-    return machine, shapes, guard, safe_builtins, dsl.record_trace, encode, HwError
+    return machine, shapes, guard, safe_builtins, dsl.record_trace, encode, HwError, _compile(request["source"])
+
+
+def _compile(source: str):
+    """The kernel's code object, or the compile failure to report. Parsing runs no kernel code,
+    and it happens before containment because a SyntaxError makes CPython open the source file
+    by name to quote the line (a file access the filter would kill)."""
+    try:
+        return compile(source, KERNEL_FILE, "exec")
+    except SyntaxError as exc:
+        return _Failure("compile_error", "compile.syntax", f"syntax error: {clean_text(str(exc.msg), 200)}",
+                        exc.lineno or 0)
+    except Exception as exc:      # null bytes, absurd nesting, too large
+        return _Failure("compile_error", "compile.syntax", f"the source cannot be compiled: {_exception_text(exc)}")
 
 
 def _record(request: dict, machine, shapes, guard: _Guard, safe_builtins: dict, record_trace, encode,
-            hw_error: type) -> dict[str, bytes]:
-    try:
-        code = compile(request["source"], KERNEL_FILE, "exec")
-    except SyntaxError as exc:
-        raise _Failure("compile_error", "compile.syntax", f"syntax error: {clean_text(str(exc.msg), 200)}",
-                       exc.lineno or 0) from None
-    except Exception as exc:      # null bytes, absurd nesting, too large
-        raise _Failure("compile_error", "compile.syntax",
-                       f"the source cannot be compiled: {_exception_text(exc)}") from None
+            hw_error: type, code) -> dict[str, bytes]:
+    if isinstance(code, _Failure):
+        raise code
     sys.addaudithook(guard.audit_hook())   # from here on the kernel's code runs
     namespace = {"__builtins__": safe_builtins, "__name__": "kernel"}
     try:
