@@ -96,15 +96,15 @@ class _Cascade:
         violation = check_policy(self.source)
         if violation:
             return self.fail(EvalStatus.policy_violation, "policy", violation.message, violation.line,
-                             rule=getattr(violation, "rule", "policy"))
+                             rule=violation.rule)
         task = self.task
         bench_key = task.format_shape(self.shape)
         small = {task.format_shape(s): task.args(s) for s in task.small_shapes}
-        shapes = {**small, bench_key: task.args(self.shape)}
+        bench = {bench_key: task.args(self.shape)}
         arg_names = list(task.arg_names)
         # the benchmark shape records in a second sandbox while the small shapes are checked here
         bench_run = None if bench_key in small else SandboxRun(
-            self.source, self.machine, arg_names, {bench_key: task.args(self.shape)}, self.config.limits)
+            self.source, self.machine, arg_names, bench, self.config.limits)
         try:
             traces, failure = self.collect(SandboxRun(self.source, self.machine, arg_names, small, self.config.limits),
                                            small)
@@ -114,7 +114,7 @@ class _Cascade:
             if failure:
                 return failure
             if bench_run is not None:
-                bench_traces, failure = self.collect(bench_run, {bench_key: shapes[bench_key]})
+                bench_traces, failure = self.collect(bench_run, bench)
                 bench_run = None
                 if failure:
                     return failure
@@ -131,8 +131,7 @@ class _Cascade:
         outcome = run.result()
         if outcome.status != "ok":
             status = EvalStatus(outcome.status) if outcome.status in EvalStatus.__members__ else EvalStatus.invalid_trace
-            return {}, self.fail(status, "sandbox", outcome.message, outcome.line,
-                                 rule=getattr(outcome, "rule", "") or "sandbox")
+            return {}, self.fail(status, "sandbox", outcome.message, outcome.line, rule=outcome.rule or "sandbox")
         traces = {}
         if set(outcome.traces) != set(shapes):
             return {}, self.fail(EvalStatus.invalid_trace, "sandbox", "the sandbox returned traces for other shapes "
