@@ -15,7 +15,7 @@ from math import ceil, prod
 from typing import Callable, Sequence
 
 from hwmodel.dtypes import BITS, check_dtype, nbytes
-from hwmodel.errors import BoundsError, CapacityError, HwError, ParamError, ShapeError
+from hwmodel.errors import BoundsError, CapacityError, HwError, LimitError, ParamError, ShapeError
 from hwmodel.limits import (MAX_BUFFERS_PER_CORE, MAX_NAME_CHARS, MAX_OPS_PER_CORE, MAX_VIEW_RANK,
                             MAX_WORKSPACE_BYTES, MAX_WORKSPACES)
 from hwmodel.ops import COMPARE_MODES, Op, check_op
@@ -230,7 +230,7 @@ class Kernel:
         return op
 
     def _too_many(self, kind: str) -> None:
-        raise HwError(f"{kind}: core {self.core_id} issued more than {self._shared.max_ops_per_core:,} ops; "
+        raise LimitError(f"{kind}: core {self.core_id} issued more than {self._shared.max_ops_per_core:,} ops; "
                       "use larger tiles (every op also costs issue time on the scalar pipe)")
 
     def copy(self, dst: View, src: View) -> None:

@@ -53,3 +53,9 @@ class ParamError(HwError):
     """An op parameter or a name outside what the DSL accepts."""
 
     rule = "parameters"
+
+
+class LimitError(HwError):
+    """More ops than hwmodel.limits allows a kernel."""
+
+    rule = "op limit"

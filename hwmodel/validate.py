@@ -14,7 +14,7 @@ from typing import Sequence
 
 from hwmodel.dsl import Trace, check_name, slot_bytes, tensor_bytes
 from hwmodel.dtypes import BITS
-from hwmodel.errors import BoundsError, CapacityError, HwError
+from hwmodel.errors import BoundsError, CapacityError, HwError, LimitError
 from hwmodel.limits import (MAX_BUFFERS_PER_CORE, MAX_OPS, MAX_OPS_PER_CORE, MAX_VIEW_RANK, MAX_WORKSPACE_BYTES,
                             MAX_WORKSPACES)
 from hwmodel.ops import Op, check_op
@@ -32,14 +32,14 @@ def validate_trace(trace: Trace, machine: MachineSpec, args: Sequence[TensorDecl
     _check_tensors(trace.tensors, args)
     total = trace.num_ops
     if total > MAX_OPS:
-        raise HwError(f"the kernel issued {total:,} ops; the limit is {MAX_OPS:,} (use larger tiles)")
+        raise LimitError(f"the kernel issued {total:,} ops; the limit is {MAX_OPS:,} (use larger tiles)")
     tensors = {t.id: t for t in trace.tensors}
     barriers = set()
     checked: set[tuple[int, int]] = set()   # identical ops are one object: check each once per buffer table
     tables: dict[tuple, int] = {}
     for core, (buffers, ops) in enumerate(zip(trace.buffers, trace.ops)):
         if len(ops) > MAX_OPS_PER_CORE:
-            raise HwError(f"core {core} issued {len(ops):,} ops; the limit is {MAX_OPS_PER_CORE:,} per core "
+            raise LimitError(f"core {core} issued {len(ops):,} ops; the limit is {MAX_OPS_PER_CORE:,} per core "
                           "(use larger tiles)")
         table = tables.get(buffers)
         if table is None:
