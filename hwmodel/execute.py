@@ -1,8 +1,9 @@
 """Numeric replay of a trace: real numbers through the ops, and which outputs were written.
 
 Cores run phase by phase (phases are separated by barriers), so GM workspaces written
-before a barrier are seen after it. With `cores` given, only those cores are replayed in
-the last phase (sampled validation); earlier phases always run on every core.
+before a barrier are seen after it. With `targets`, only the exact backward slice of the
+chosen output elements runs (hwmodel.slicing): how the evaluator checks every writer core
+at the benchmark shape. With `cores`, only those cores run in the last phase.
 """
 from __future__ import annotations
 

@@ -61,12 +61,11 @@ def backward_slice(trace: Trace, targets: dict[int, np.ndarray],
         for core in reversed(range(len(per_core))):
             ops, kept, local = per_core[core][p], keep[p][core], need_local[core]
             buffers = trace.buffers[core]
-            # candidates: ops writing a storage key with some need (found with numpy, redone only
-            # when a new key becomes needed); each is then checked exactly on the elements
-            gm_writes = [i for i, op in enumerate(ops) if op.dst[0].key < 0]   # positions of ops writing GM
+            # while none of this core's buffers is needed, only its GM writes can be: jump between them
+            gm_writes = [i for i, op in enumerate(ops) if op.dst[0].key < 0]
             i = len(ops) - 1
             while i >= 0:
-                if not local:   # nothing of this core's buffers is needed: only a GM write can be
+                if not local:
                     j = bisect_right(gm_writes, i) - 1
                     if j < 0:
                         break
