@@ -84,15 +84,22 @@ def test_honest_reply_is_ok(monkeypatch):
 @settings(max_examples=40, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.data())
 def test_forged_tables_end_in_a_status(monkeypatch, data):
-    blobs = dict(honest_blobs())
-    key = data.draw(st.sampled_from(sorted(blobs)))
-    header, tables = split(blobs[key])
+    blobs, key, header, tables = _pick(data)
     for _ in range(data.draw(st.integers(1, 4))):
         t = data.draw(st.integers(0, len(tables) - 1))
         if tables[t].size:
             tables[t][data.draw(st.integers(0, tables[t].size - 1))] = data.draw(INTERESTING)
-    blobs[key] = join(header, tables)
-    result = forged_evaluation(monkeypatch, blobs)
+    _assert_a_status(forged_evaluation(monkeypatch, {**blobs, key: join(header, tables)}))
+
+
+def _pick(data) -> tuple[dict[str, bytes], str, dict, list[np.ndarray]]:
+    """The honest replies, the shape whose trace is forged, and that trace split apart."""
+    blobs = honest_blobs()
+    key = data.draw(st.sampled_from(sorted(blobs)))
+    return blobs, key, *split(blobs[key])
+
+
+def _assert_a_status(result) -> None:
     assert isinstance(result.status, EvalStatus)
     assert result.status is not EvalStatus.evaluator_error, result.traceback
     assert result.eval_seconds < 60
@@ -116,19 +123,14 @@ def _paths(x, path=()):
 @settings(max_examples=40, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.data())
 def test_forged_headers_end_in_a_status(monkeypatch, data):
-    blobs = dict(honest_blobs())
-    key = data.draw(st.sampled_from(sorted(blobs)))
-    header, tables = split(blobs[key])
+    blobs, key, header, tables = _pick(data)
     paths = [p for p in _paths(header) if p]
     path = data.draw(st.sampled_from(paths))
     node = header
     for step in path[:-1]:
         node = node[step]
     node[path[-1]] = data.draw(JSON)
-    blobs[key] = join(header, tables)
-    result = forged_evaluation(monkeypatch, blobs)
-    assert isinstance(result.status, EvalStatus)
-    assert result.status is not EvalStatus.evaluator_error, result.traceback
+    _assert_a_status(forged_evaluation(monkeypatch, {**blobs, key: join(header, tables)}))
 
 
 @settings(max_examples=80)
