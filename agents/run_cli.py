@@ -94,7 +94,9 @@ def print_summary(console: Console, d: dict, stopped: bool) -> None:
     console.print(f"[bold green]Best kernel[/]: {d['best_tflops']:.1f} TFLOP/s = {d['best_pct_of_roofline']:.1f}% of "
                   f"the roofline limit, {speed}.\n  strategy {d['best_strategy']}: {d['best_plan']}\n"
                   f"  {d['evaluations']} evaluations, {d['failures']} failures; run {d['run_id']} in {d['archive']}\n"
-                  f"  look at it: cubepilot archive show {d['run_id']}" + archive_flag(d), highlight=False)
+                  f"  look at it: cubepilot archive show {d['run_id']}" + archive_flag(d)
+                  + "\n  or browse the archive (charts, lineage, timelines): cubepilot serve" + archive_flag(d),
+                  highlight=False)
 
 
 def archive_flag(d: dict) -> str:
