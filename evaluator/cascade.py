@@ -244,9 +244,9 @@ class _Cascade:
 def check_targets(trace, out_id: int, rng: np.random.Generator, rows: int,
                   elements: int) -> tuple[np.ndarray, dict[tuple[int, ...], int]]:
     """Output elements to check at the benchmark shape: from every core whose writes survive in
-    the output (it wrote an element's final value, in replay order), elements drawn uniformly
-    from those it owns, a few rows of them (`rows` in all, at least one per core; `elements`
-    in all). Returns the element mask and, per element, the core that wrote its final value.
+    the output (it wrote an element's final value, in replay order), one of its writes drawn
+    with weight its surviving elements, and a few rows of surviving elements in it (`rows` in
+    all, at least one per core; `elements` in all). Returns the element mask and, per element, the core that wrote its final value.
     Ownership by final value means writes that another core overwrites (decoys) dilute nothing."""
     shape = next(t.shape for t in trace.tensors if t.id == out_id)
     writes = []                                   # (phase, core, view) of every output write
@@ -273,9 +273,11 @@ def check_targets(trace, out_id: int, rng: np.random.Generator, rows: int,
         owned = [(v, np.flatnonzero(final[index(v)] == core)) for v in views[core].values()]
         owned = [(v, flat) for v, flat in owned if len(flat)]
         weights = np.array([len(flat) for _, flat in owned], np.float64)
-        for _ in range(per_rows):   # a row through an owned element drawn uniformly
-            v, flat = owned[rng.choice(len(owned), p=weights / weights.sum())]
-            width = v.extent[-1]
+        # one write (tile) per core, drawn by the elements it owns (one tile keeps the replayed
+        # slice small), then rows through owned elements of it drawn uniformly
+        v, flat = owned[rng.choice(len(owned), p=weights / weights.sum())]
+        width = v.extent[-1]
+        for _ in range(per_rows):
             row = int(flat[rng.integers(len(flat))]) // width
             in_row = flat[(flat >= row * width) & (flat < (row + 1) * width)]
             for f in rng.choice(in_row, min(per_row, len(in_row)), replace=False).tolist():
