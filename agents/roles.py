@@ -1,0 +1,124 @@
+"""The three roles of an evolution step, as small protocols, and the records they pass.
+
+Strategist: proposes the next strategy from what the run has seen (a mutation of one
+parent, or a crossover of two). Coder: turns a strategy (and its parent's kernel) into a
+kernel. Fixer: repairs a kernel that failed, given the structured failure. Each role has a
+builtin implementation (agents/builtin.py), an LLM one (agents/llm/roles.py) and fakes in
+the tests; `agents.team.build_team` picks them from the configuration.
+"""
+from __future__ import annotations
+
+import ast
+import hashlib
+from dataclasses import dataclass, field
+from typing import Callable, Protocol
+
+import numpy as np
+
+from evaluator.result import EvalResult
+from evaluator.tasks.base import Task
+from hwmodel.spec import MachineSpec
+from strategies.evolution import Elites
+from strategies.strategy import Strategy
+
+
+def source_hash(source: str) -> str:
+    return hashlib.sha256(source.encode()).hexdigest()[:32]
+
+
+def ast_hash(source: str) -> str:
+    """The same program up to comments, docstrings and formatting hashes the same; source that
+    does not parse hashes its text (the evaluator will report the syntax error)."""
+    try:
+        tree = ast.parse(source)
+    except (SyntaxError, ValueError):
+        return "text:" + source_hash(source)[:27]
+    for node in ast.walk(tree):
+        body = getattr(node, "body", None)
+        if isinstance(body, list) and body and isinstance(body[0], ast.Expr) \
+                and isinstance(body[0].value, ast.Constant) and isinstance(body[0].value.value, str):
+            node.body = body[1:] or [ast.Pass()]
+    return hashlib.sha256(ast.dump(tree, annotate_fields=False).encode()).hexdigest()[:32]
+
+
+@dataclass(frozen=True)
+class Draft:
+    """A kernel as written by a role, before evaluation."""
+    source: str
+    role: str                 # "coder", "fixer" (template coders say "coder" too)
+    author: str               # "builtin" or the model alias
+    mode: str                 # "template", "full" or "diff"
+    parent_kernel: str = ""   # source hash of the kernel it was derived from ("" if none)
+    note: str = ""            # a line from the author (what it changed), for people
+
+    @property
+    def hash(self) -> str:
+        return source_hash(self.source)
+
+    @property
+    def ast_hash(self) -> str:
+        return ast_hash(self.source)
+
+
+@dataclass(frozen=True)
+class Miss:
+    """A strategy whose measured effect was far from what it predicted."""
+    strategy: Strategy
+    predicted: float
+    measured: float | None      # None: it failed
+
+
+@dataclass(frozen=True)
+class Context:
+    """What the roles see at a step: the problem, the machine, and the run so far."""
+    task: Task
+    machine: MachineSpec
+    shape: str
+    elites: Elites
+    history: tuple[tuple[Strategy, EvalResult], ...] = ()      # every evaluation so far, oldest first
+    misses: tuple[Miss, ...] = ()
+    tried: frozenset[str] = frozenset()                         # strategy signatures already taken
+    kernel_of: Callable[[str], str | None] = field(default=lambda strategy_id: None)   # its best kernel source
+    result_of: Callable[[str], EvalResult | None] = field(default=lambda strategy_id: None)
+    roofline: bool = True                                       # False: prompts leave out the bottleneck card
+
+    def failures(self, n: int = 6) -> list[tuple[Strategy, EvalResult]]:
+        return [(s, r) for s, r in self.history if not r.ok][-n:]
+
+
+class Strategist(Protocol):
+    name: str
+
+    def initial(self, ctx: Context, size: int, rng: np.random.Generator) -> list[Strategy]:
+        """A first population (the published strategies, then spread over the families)."""
+
+    def propose(self, ctx: Context, rng: np.random.Generator) -> Strategy:
+        """The next strategy; one whose signature is in ctx.tried is redrawn by the loop."""
+
+
+class Coder(Protocol):
+    name: str
+
+    def implement(self, strategy: Strategy, parent: str | None, ctx: Context, rng: np.random.Generator) -> Draft:
+        """A kernel for `strategy`; `parent` is the source of its first parent's kernel, if any."""
+
+
+class Fixer(Protocol):
+    name: str
+
+    def fix(self, strategy: Strategy, draft: Draft, result: EvalResult, attempt: int, ctx: Context,
+            rng: np.random.Generator) -> tuple[Strategy, Draft] | None:
+        """A repaired kernel (and the strategy it now implements), or None when there is no fix."""
+
+
+@dataclass(frozen=True)
+class Team:
+    strategist: Strategist
+    coder: Coder
+    fixer: Fixer
+    fix_attempts: int = 1        # fixes tried per failed step (each is an evaluation of the same step)
+
+    @property
+    def name(self) -> str:
+        names = {self.strategist.name, self.coder.name, self.fixer.name}
+        return names.pop() if len(names) == 1 else f"{self.strategist.name}+{self.coder.name}+{self.fixer.name}"
