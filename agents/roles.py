@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ast
 import hashlib
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Callable, Protocol
 
@@ -20,6 +21,14 @@ from evaluator.tasks.base import Task
 from hwmodel.spec import MachineSpec
 from strategies.evolution import Elites
 from strategies.strategy import Strategy
+
+
+STEP: ContextVar[tuple[int, int]] = ContextVar("cubepilot_step", default=(-1, 0))   # (seq, attempt) being drafted
+
+
+class RoleError(Exception):
+    """A role produced nothing usable this time (malformed answer, an edit that does not
+    apply, a kernel identical to its parent); the loop draws again, within bounds."""
 
 
 def source_hash(source: str) -> str:
@@ -81,6 +90,7 @@ class Context:
     kernel_of: Callable[[str], str | None] = field(default=lambda strategy_id: None)   # its best kernel source
     result_of: Callable[[str], EvalResult | None] = field(default=lambda strategy_id: None)
     roofline: bool = True                                       # False: prompts leave out the bottleneck card
+    seen_ast: frozenset[str] = frozenset()                      # AST hashes of every kernel evaluated
 
     def failures(self, n: int = 6) -> list[tuple[Strategy, EvalResult]]:
         return [(s, r) for s, r in self.history if not r.ok][-n:]
