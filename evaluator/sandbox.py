@@ -1,8 +1,10 @@
 """Run untrusted kernel source in a separate, contained process and get its traces back.
 
-One process per candidate: CPU-time, address-space and file-size rlimits, its own process
-group (killed whole on timeout), an empty environment and a fresh temporary directory; the
-child contains itself further before the kernel runs (evaluator.containment). The reply
+One process per candidate, forked from a fork server (started once per evaluating process
+with an empty environment, it has everything recording needs imported and holds nothing
+trusted): CPU-time, address-space and file-size rlimits, its own session (killed on
+timeout), a fresh temporary directory; the child contains itself further before the kernel
+runs (evaluator.containment). The reply
 comes on a pipe of its own, size-capped and parsed strictly; the kernel's stdout and stderr
 share another pipe, of which only the last few KiB are kept. Both are read with selectors
 against the wall-clock deadline. All numbers and times are computed here, in the trusted
@@ -15,17 +17,21 @@ import json
 import os
 import re
 import resource
+import select
 import selectors
 import signal
+import socket
 import struct
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
+from evaluator.errors import EvalError
 from evaluator.sandbox_child import (CHILD_STATUSES, CONTAIN_FAILED_EXIT, MAX_HEADER_BYTES, MAX_MESSAGE_CHARS,
                                      REPLY_FIELDS, clean_text, quote_kernel_text)
 from hwmodel.limits import MAX_OPS
@@ -37,6 +43,7 @@ CHILD_ENTRY = "evaluator.sandbox_child:main"
 OUTPUT_TAIL_BYTES = 16 * 1024      # of the kernel's stdout + stderr, kept for error messages
 KERNEL_TAIL_CHARS = 200            # of that tail, quoted in a message
 REPLY_PIPE_BYTES = 2**20           # asked of the kernel for the reply pipe (Linux's default maximum)
+KILL_WAIT_S = 10.0                 # after SIGKILL, how long to wait for the server to report the exit
 # The largest library trace at a benchmark shape is about 50 MB (sgemm_termwise, 2.6 M ops,
 # 4096^3 on ascend-910a); the cap is four times that.
 MAX_TRACE_BYTES = 200 * 2**20
@@ -74,15 +81,6 @@ def _child_env(tmp: str) -> dict[str, str]:
             "OPENBLAS_NUM_THREADS": "1"}
 
 
-def _limit(limits: SandboxLimits):
-    def apply() -> None:
-        resource.setrlimit(resource.RLIMIT_CPU, (limits.cpu_s, limits.cpu_s + 1))
-        resource.setrlimit(resource.RLIMIT_AS, (limits.memory_bytes, limits.memory_bytes))
-        resource.setrlimit(resource.RLIMIT_FSIZE, (0, 0))
-        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-    return apply
-
-
 class SandboxRun:
     """One sandboxed recording in flight: started at construction, collected by `result()`,
     so the trusted process can work (e.g. check small shapes) while the child records.
@@ -103,40 +101,42 @@ class SandboxRun:
             "shapes": [{"key": key, "args": [[a.name, list(a.shape), a.dtype, a.role] for a in args]}
                        for key, args in shapes.items()],
         }).encode()
-        launch = (f"import sys; sys.path.insert(0, sys.argv[1]); "
-                  f"from {match[1]} import {match[2]}; {match[2]}()")
         self._tmp = tempfile.TemporaryDirectory(prefix="cubepilot-sandbox-")
         self._started = time.monotonic()
         self._reply_r, reply_w = os.pipe()
         self._out_r, out_w = os.pipe()
-        try:      # a larger pipe: fewer round trips between child and parent for a big trace
-            fcntl.fcntl(reply_w, fcntl.F_SETPIPE_SZ, REPLY_PIPE_BYTES)
-        except OSError:
-            pass
+        request_r, request_w = os.pipe()
+        for fd, size in ((reply_w, REPLY_PIPE_BYTES), (request_w, max(len(request), 1))):
+            try:      # larger pipes: fewer round trips for a big trace, no wait on writing the request
+                fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, min(size, REPLY_PIPE_BYTES))
+            except OSError:
+                pass
+        job = {"cpu_s": limits.cpu_s, "memory_bytes": limits.memory_bytes, "entry": entry, "cwd": self._tmp.name}
         try:
-            self._proc = subprocess.Popen(
-                [sys.executable, "-E", "-s", "-B", "-c", launch, str(PROJECT_ROOT), str(reply_w), str(os.getpid())],
-                stdin=subprocess.PIPE, stdout=out_w, stderr=out_w, pass_fds=(reply_w,), cwd=self._tmp.name,
-                env=_child_env(self._tmp.name), start_new_session=True, preexec_fn=_limit(limits))
+            self._server, self._job = fork_server().start(job, (request_r, reply_w, out_w))
         except BaseException:
-            for fd in (self._reply_r, self._out_r):
+            for fd in (self._reply_r, self._out_r, request_w):
                 os.close(fd)
             self._tmp.cleanup()
             raise
         finally:
-            os.close(reply_w)
-            os.close(out_w)
+            for fd in (request_r, reply_w, out_w):
+                os.close(fd)
         try:
-            self._proc.stdin.write(request)   # the child reads it all at once, before anything else
-            self._proc.stdin.close()
+            _write_all(request_w, request)      # the child reads it all at once, before anything else
         except BrokenPipeError:
             pass
-        self._proc.stdin = None
+        finally:
+            os.close(request_w)
+        self._exit: int | None = None
 
     @property
     def pid(self) -> int:
         """The child's process id (its process group too)."""
-        return self._proc.pid
+        pid = self._server.wait(self._job, "pid", time.monotonic() + self.limits.wall_s)
+        if pid is None:
+            raise SandboxServerError("the sandbox server did not start the child in time")
+        return pid
 
     def result(self) -> SandboxOutcome:
         try:
@@ -181,10 +181,10 @@ class SandboxRun:
                         tail += data
                         if len(tail) > 2 * OUTPUT_TAIL_BYTES:
                             del tail[:-OUTPUT_TAIL_BYTES]
-        try:
-            returncode = self._proc.wait(max(0.0, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
+        returncode = self._server.wait(self._job, "exit", deadline)
+        if returncode is None:
             return self._timed_out()
+        self._exit = returncode
         return outcome_of(returncode, b"".join(reply), bytes(tail[-OUTPUT_TAIL_BYTES:]), self._keys, limits)
 
     def _timed_out(self) -> SandboxOutcome:
@@ -193,12 +193,12 @@ class SandboxRun:
                               "(an endless loop, or far too many ops)", rule="sandbox.wall")
 
     def _kill(self) -> None:
-        if self._proc.poll() is None:
+        if self._exit is None:
+            self._server.kill(self._job)
             try:
-                os.killpg(self._proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
+                self._exit = self._server.wait(self._job, "exit", time.monotonic() + KILL_WAIT_S)
+            except SandboxServerError:    # the server is gone, and its children with it
                 pass
-        self._proc.wait()
 
     def _close(self) -> None:
         for fd in (self._reply_r, self._out_r):
@@ -207,7 +207,138 @@ class SandboxRun:
             except OSError:
                 pass
         self._reply_r = self._out_r = -1
+        self._server.forget(self._job)
         self._tmp.cleanup()
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+class SandboxServerError(EvalError):
+    """The fork server died or could not start a child (not the kernel's doing)."""
+
+
+class ForkServer:
+    """The client side of the fork server (evaluator.sandbox_child.serve): one per evaluating
+    process, started on first use, replaced when it has died. It is started like a recording
+    child used to be (clean environment, its own session, no file writes, nothing of this
+    process's state), so a child forked from it starts with everything imported and nothing
+    trusted. It exits when this process does (its control socket closes)."""
+
+    def __init__(self):
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        self._dir = tempfile.mkdtemp(prefix="cubepilot-sandbox-server-")
+        launch = ("import sys; sys.path.insert(0, sys.argv[1]); "
+                  "from evaluator.sandbox_child import serve; serve()")
+        try:
+            self._proc = subprocess.Popen(
+                [sys.executable, "-E", "-s", "-B", "-c", launch, str(PROJECT_ROOT), str(theirs.fileno())],
+                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, pass_fds=(theirs.fileno(),), cwd=self._dir,
+                env=_child_env(self._dir), start_new_session=True, preexec_fn=_no_files)
+        except BaseException:
+            ours.close()
+            os.rmdir(self._dir)
+            raise
+        finally:
+            theirs.close()
+        self._sock = ours
+        self._owner = os.getpid()
+        self._lock = threading.Lock()
+        self._events: dict[int, dict] = {}
+        self._jobs = 0
+        self._dead = False
+
+    def alive(self) -> bool:
+        return not self._dead and self._owner == os.getpid() and self._proc.poll() is None
+
+    def start(self, job: dict, fds: tuple[int, int, int]) -> tuple[ForkServer, int]:
+        with self._lock:
+            self._jobs += 1
+            job_id = self._jobs
+            try:
+                socket.send_fds(self._sock, [json.dumps({"job": job_id, **job}).encode()], list(fds))
+            except OSError as exc:
+                self._dead = True
+                raise SandboxServerError(f"the sandbox server is gone ({exc})") from None
+        return self, job_id
+
+    def kill(self, job_id: int) -> None:
+        with self._lock:
+            try:
+                self._sock.send(json.dumps({"kill": job_id}).encode())
+            except OSError:
+                self._dead = True
+
+    def wait(self, job_id: int, field: str, deadline: float):
+        """The job's `field` ("pid" or "exit") once the server sends it; None at the deadline."""
+        while True:
+            with self._lock:
+                event = self._events.get(job_id, {})
+                if field in event:
+                    return event[field]
+                if "failed" in event:
+                    raise SandboxServerError(f"the sandbox server could not start the child: {event['failed']}")
+                if self._dead:
+                    raise SandboxServerError(f"the sandbox server exited ({self._proc.poll()}) during the evaluation")
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return None
+                if select.select([self._sock], [], [], min(remaining, 0.2))[0]:
+                    try:
+                        data = self._sock.recv(64 * 1024)
+                    except OSError:
+                        data = b""
+                    if not data:
+                        self._dead = True
+                        continue
+                    message = json.loads(data)
+                    self._events.setdefault(message.pop("job"), {}).update(message)
+
+    def forget(self, job_id: int) -> None:
+        with self._lock:
+            self._events.pop(job_id, None)
+
+    def close(self) -> None:
+        self._sock.close()
+        self._dead = True
+
+
+_server: ForkServer | None = None
+_server_lock = threading.Lock()
+
+
+def fork_server() -> ForkServer:
+    """This process's fork server, started (again) if there is none alive."""
+    global _server
+    with _server_lock:
+        if _server is None or not _server.alive():
+            if _server is not None and _server._owner == os.getpid():
+                _server.close()
+            _server = ForkServer()
+        return _server
+
+
+def _forget_inherited_server() -> None:
+    """In a child forked from this process: its copy of the server's socket is closed, so the
+    server still sees its process go away."""
+    global _server
+    if _server is not None:
+        try:
+            _server._sock.close()
+        except OSError:
+            pass
+        _server = None
+
+
+os.register_at_fork(after_in_child=_forget_inherited_server)
+
+
+def _no_files() -> None:
+    resource.setrlimit(resource.RLIMIT_FSIZE, (0, 0))
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
 
 
 def record_in_sandbox(source: str, machine: MachineSpec, arg_names: list[str],

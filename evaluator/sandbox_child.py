@@ -273,5 +273,149 @@ def _check(guard: _Guard) -> None:
         raise guard.violation
 
 
+# ------------------------------------------------------------------ the fork server
+def serve() -> None:
+    """The fork server: started once per evaluating process exactly as a recording child was
+    (empty environment, own session, no file writes; argv: project root, control socket fd),
+    it imports what recording needs, then forks one child per request on its control socket.
+    A request is JSON (job id, limits, entry point, working directory) plus three file
+    descriptors: the request pipe, the reply pipe and the output pipe. It holds no request data
+    (the child reads its request after the fork), and it answers `{"job", "pid"}` after each
+    fork, `{"job", "exit"}` (a Popen-style returncode) when it reaps one, and kills a job's
+    child on `{"kill": job}`. When the control socket closes (the evaluating process is gone)
+    it kills its children and exits."""
+    import ctypes
+    import gc
+    import importlib
+    import resource
+    import select
+    import signal
+    import socket
+
+    control = socket.socket(fileno=int(sys.argv[2]))
+    for module in _WARM_MODULES:
+        importlib.import_module(module)
+    inspect.signature(serve)              # warm inspect's caches, as _prepare does
+    import unicodedata  # noqa: F401
+    libc = ctypes.CDLL(None, use_errno=True)
+    wake_r, wake_w = os.pipe()
+    os.set_blocking(wake_r, False)
+    os.set_blocking(wake_w, False)
+    signal.set_wakeup_fd(wake_w)
+    signal.signal(signal.SIGCHLD, lambda signum, frame: None)
+    gc.collect()
+    gc.freeze()                           # the imported state stays shared (copy-on-write) by every fork
+    me = os.getpid()
+    pid_of: dict[int, int] = {}           # job -> pid of its live child
+    job_of: dict[int, int] = {}           # pid -> job
+
+    def send(message: dict) -> None:
+        try:
+            control.send(json.dumps(message).encode())
+        except OSError:                   # the evaluating process is gone
+            shutdown()
+
+    def shutdown() -> None:
+        for pid in job_of:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
+        try:
+            os.rmdir(os.getcwd())         # the (empty) directory the server was started in
+        except OSError:
+            pass
+        os._exit(0)
+
+    while True:
+        ready, _, _ = select.select([control, wake_r], [], [])
+        if wake_r in ready:
+            try:
+                while os.read(wake_r, 512):
+                    pass
+            except BlockingIOError:
+                pass
+        while job_of:                     # reap every child that ended
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                break
+            if pid == 0:
+                break
+            job = job_of.pop(pid, None)
+            if job is not None:
+                del pid_of[job]
+                send({"job": job, "exit": os.waitstatus_to_exitcode(status)})
+        if control not in ready:
+            continue
+        try:
+            data, fds, _, _ = socket.recv_fds(control, 64 * 1024, 3)
+        except OSError:
+            data, fds = b"", []
+        if not data:
+            shutdown()
+        request = json.loads(data)
+        if "kill" in request:
+            pid = pid_of.get(request["kill"])
+            if pid is not None:           # not reaped yet, so the pid is still this child's
+                os.kill(pid, signal.SIGKILL)
+            continue
+        try:
+            pid = os.fork()
+        except OSError as exc:
+            for fd in fds:
+                os.close(fd)
+            send({"job": request["job"], "failed": f"fork: {exc}"})
+            continue
+        if pid == 0:
+            _forked(request, fds, control, libc, me, resource, signal)   # never returns
+        for fd in fds:
+            os.close(fd)
+        pid_of[request["job"]], job_of[pid] = pid, request["job"]
+        send({"job": request["job"], "pid": pid})
+
+
+_WARM_MODULES = ("evaluator.codec", "evaluator.policy", "evaluator.containment", "hwmodel.dsl", "hwmodel.errors",
+                 "hwmodel.simulate", "hwmodel.spec", "pyseccomp")
+_PR_SET_PDEATHSIG = 1
+
+
+def _forked(request: dict, fds: list[int], control, libc, server_pid: int, resource, signal) -> None:
+    """In the forked child: shed the server's state (control socket, signal setup, every other
+    file descriptor), take the job's pipes as stdin, stdout + stderr and fd 3, its own session,
+    death with the server, rlimits and working directory; then run the entry point as a
+    freshly started child would. Exits, never returns into the server's loop."""
+    try:
+        signal.set_wakeup_fd(-1)
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        control.close()
+        os.setsid()
+        if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0 or os.getppid() != server_pid:
+            os._exit(1)
+        request_r, reply_w, out_w = fds
+        os.dup2(request_r, 0)
+        os.dup2(out_w, 1)
+        os.dup2(out_w, 2)
+        os.dup2(reply_w, 3)
+        os.closerange(4, resource.getrlimit(resource.RLIMIT_NOFILE)[0])
+        cpu_s, memory_bytes = request["cpu_s"], request["memory_bytes"]
+        resource.setrlimit(resource.RLIMIT_CPU, (cpu_s, cpu_s + 1))
+        resource.setrlimit(resource.RLIMIT_AS, (memory_bytes, memory_bytes))
+        resource.setrlimit(resource.RLIMIT_FSIZE, (0, 0))
+        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+        os.chdir(request["cwd"])
+        os.environ["HOME"] = os.environ["TMPDIR"] = request["cwd"]
+        sys.argv = [sys.argv[0], sys.argv[1], "3", str(server_pid)]
+        module, function = request["entry"].split(":")
+        import importlib
+        getattr(importlib.import_module(module), function)()
+    except BaseException as exc:
+        try:
+            _print_exception(type(exc), exc, None)
+        finally:
+            os._exit(1)
+    os._exit(1)                           # an entry point that returns (the real one exits itself)
+
+
 if __name__ == "__main__":
     main()
