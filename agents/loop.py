@@ -1,19 +1,23 @@
-"""The evolution loop: propose, implement, evaluate, repair, record — one screen.
+"""The evolution loop: propose, implement, evaluate, fix, record — one screen.
 
-Every decision at step `seq` draws from a Generator seeded by (run seed, seq). Steps run in
-batches of `config.workers` (evaluated side by side); a batch is proposed from the archive
-as it stood when the batch began and batch boundaries are fixed, so a resumed run makes the
-same choices it would have made without the interruption, and never re-evaluates a step.
+Every decision at step `seq` draws from a Generator seeded by (run seed, seq[, attempt]).
+Steps run in batches of `config.workers` (evaluated side by side); a batch is drafted from
+the archive as it stood when the batch began and batch boundaries are fixed, so a resumed
+run makes the same choices it would have made without the interruption, and never
+re-evaluates a step. A failed step gets up to `team.fix_attempts` fixes, each recorded as
+an attempt of the same step and counted against the budget.
 """
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, replace
 from typing import Callable, Iterable
 
 import numpy as np
 
-from agents.backend import Backend
+from agents.roles import STEP, Context, Draft, RoleError, Team
+from agents.runstate import RunState, Step
 from evaluator.result import EvalResult, EvalStatus
 from strategies.archive import Archive, RunConfig
 from strategies.evolution import Elites
@@ -22,9 +26,14 @@ from strategies.strategy import Strategy
 INITIAL_POPULATION = 8
 MAX_CUT_SHORT = 2       # evaluations of one step that may end with the evaluating process dead
 MAX_DUPLICATE_TRIES = 30
+MAX_EMPTY_STEPS = 5     # steps in a row that yielded no kernel to evaluate before the run gives up
 
 Evaluate = Callable[[list[tuple[str, int]]], Iterable[EvalResult]]   # [(source, seq)] -> results, in order
 Progress = Callable[[int, Strategy, EvalResult, Elites, int], None]
+
+
+class NoProgress(RuntimeError):
+    """The roles produced no kernel to evaluate for MAX_EMPTY_STEPS steps in a row."""
 
 
 @dataclass(frozen=True)
@@ -37,37 +46,78 @@ class RunSummary:
     completed: bool
 
 
-def evolve(archive: Archive, run_id: str, config: RunConfig, backend: Backend, evaluate: Evaluate,
-           progress: Progress | None = None) -> RunSummary:
-    done = [(row.strategy, row.result) for row in archive.evaluations(run_id)]     # by seq
-    initial = backend.initial(config.task, INITIAL_POPULATION, np.random.default_rng([config.seed, 2**31]))
-    width, seq = config.workers, len(done)
-    first = seq - seq % width                         # resume: the batch the last recorded step belongs to
-    elites, seen = Elites(), set()
-    for strategy, result in done[:first]:
-        elites.add(strategy, result)
-        seen.add(strategy.id)
-    while seq < config.budget:
-        previous = done[max(0, first - width):first]
-        batch = propose_batch(backend, config.seed, initial, elites, seen, previous, first,
-                              min(first + width, config.budget))
-        seen.update(strategy.id for strategy in batch)
-        for strategy, result in done[first:seq]:      # resumed mid-batch: these steps are recorded
-            elites.add(strategy, result)
-            seen.add(strategy.id)
-        todo = batch[seq - first:]
-        sources = [backend.implement(strategy) for strategy in todo]
-        jobs = [(src, seq + i) for i, src in enumerate(sources)]
-        results = evaluate_unless_fatal(archive, run_id, config, evaluate, jobs)
-        for strategy, source, result in zip(todo, sources, results):
-            archive.record(run_id, seq, 0, strategy, source, result)
-            done.append((strategy, result))
-            elites.add(strategy, result)
-            if progress:
-                progress(seq, strategy, result, elites, sum(not r.ok for _, r in done))
-            seq += 1
-        first = seq
-    return summarize(archive, run_id, elites, sum(not r.ok for _, r in done), completed=True)
+def evolve(archive: Archive, run_id: str, config: RunConfig, team: Team, evaluate: Evaluate,
+           progress: Progress | None = None, make_context: Callable[..., Context] | None = None) -> RunSummary:
+    run = RunState.load(archive, run_id, config, make_context)
+    initial = team.strategist.initial(run.context(0), INITIAL_POPULATION, np.random.default_rng([config.seed, 2**31]))
+    empty = 0
+    while run.evaluations < config.budget:
+        first, ctx = run.next_batch, run.context(run.next_batch)   # the archive as it stood when the batch began
+        taken = set(ctx.tried)
+        steps = []
+        for seq in range(first, first + config.workers):
+            step = fix(team, ctx, run, *run.last(seq), config.seed) if run.started(seq) else \
+                draft(team, ctx, initial, seq, config.seed, taken)
+            if step is not None:
+                steps.append(step)
+                taken.add(step.strategy.signature)
+        empty = 0 if steps else empty + config.workers
+        if empty >= MAX_EMPTY_STEPS:
+            raise NoProgress(f"the roles produced no new kernel to evaluate in {empty} steps in a row")
+        while steps and run.evaluations < config.budget:
+            steps = steps[:config.budget - run.evaluations]
+            results = evaluate_unless_fatal(archive, run_id, config, evaluate, [(s.draft.source, s.seq) for s in steps])
+            fixes = []
+            for step, result in zip(steps, results):
+                run.record(step, result)
+                if progress:
+                    progress(run.evaluations - 1, step.strategy, result, run.elites, run.failures)
+                fixes.append(fix(team, ctx, run, step, result, config.seed))
+            steps = [s for s in fixes if s is not None]
+        run.next_batch = first + config.workers
+    return summarize(archive, run_id, run.elites, run.failures, completed=True)
+
+
+def draft(team: Team, ctx: Context, initial: list[Strategy], seq: int, seed: int, taken: set[str]) -> Step | None:
+    """A new strategy and its kernel for step seq: the initial population first, then the
+    strategist's proposals; a strategy or kernel seen before is drawn again, never evaluated."""
+    rng = np.random.default_rng([seed, seq])
+    token = STEP.set((seq, 0))
+    try:
+        for attempt in range(MAX_DUPLICATE_TRIES):
+            try:
+                strategy = initial[seq] if seq < len(initial) and attempt == 0 else \
+                    team.strategist.propose(replace(ctx, tried=frozenset(taken)), rng)
+                if strategy.signature in taken:
+                    continue
+                parent = ctx.kernel_of(strategy.parents[0]) if strategy.parents else None
+                kernel = team.coder.implement(strategy, parent, ctx, rng)
+            except RoleError:
+                continue
+            if kernel.ast_hash not in ctx.seen_ast:
+                return Step(seq, 0, strategy, kernel)
+            taken.add(strategy.signature)
+        return None
+    finally:
+        STEP.reset(token)
+
+
+def fix(team: Team, ctx: Context, run: RunState, step: Step, result: EvalResult, seed: int) -> Step | None:
+    """The next attempt of a failed step, if the fixer has one that was not evaluated before."""
+    attempt = step.attempt + 1
+    if result.ok or attempt > team.fix_attempts or result.status is EvalStatus.evaluator_error:
+        return None
+    token = STEP.set((step.seq, attempt))
+    try:
+        fixed = team.fixer.fix(step.strategy, step.draft, result, attempt, ctx,
+                               np.random.default_rng([seed, step.seq, attempt]))
+    except RoleError:
+        return None
+    finally:
+        STEP.reset(token)
+    if fixed is None or fixed[1].ast_hash in run.seen_ast:
+        return None
+    return Step(step.seq, attempt, *fixed)
 
 
 def evaluate_unless_fatal(archive: Archive, run_id: str, config: RunConfig, evaluate: Evaluate,
@@ -89,28 +139,6 @@ def evaluate_unless_fatal(archive: Archive, run_id: str, config: RunConfig, eval
                              source_hash=hashlib.sha256(source.encode()).hexdigest()[:32])
 
 
-def propose_batch(backend: Backend, seed: int, initial: list[Strategy], elites: Elites, seen: set[str],
-                  previous: list[tuple[Strategy, EvalResult]], start: int, end: int) -> list[Strategy]:
-    """Strategies for steps start..end-1: repairs of the previous batch's failures first, then
-    the initial population, then proposals from the elites; never one already evaluated."""
-    repairs = [backend.repair(strategy, result, np.random.default_rng([seed, start - len(previous) + i, 1]))
-               for i, (strategy, result) in enumerate(previous) if not result.ok]
-    repairs = [r for r in repairs if r is not None]
-    batch: list[Strategy] = []
-    taken = set(seen)
-    for seq in range(start, end):
-        rng = np.random.default_rng([seed, seq])
-        strategy = repairs.pop(0) if repairs else \
-            (initial[seq] if seq < len(initial) else backend.propose(elites, rng, frozenset(taken)))
-        for _ in range(MAX_DUPLICATE_TRIES):
-            if strategy.id not in taken:
-                break
-            strategy = backend.propose(elites, rng, frozenset(taken))
-        taken.add(strategy.id)
-        batch.append(strategy)
-    return batch
-
-
 def summarize(archive: Archive, run_id: str, elites: Elites | None = None, failures: int | None = None,
               completed: bool = False) -> RunSummary:
     rows = archive.evaluations(run_id)
@@ -122,3 +150,14 @@ def summarize(archive: Archive, run_id: str, elites: Elites | None = None, failu
     baseline = min(library, key=lambda sr: sr[1].time_ns, default=None)
     return RunSummary(run_id, len(rows), sum(not r.result.ok for r in rows) if failures is None else failures,
                       elites.best(), baseline, completed)
+
+
+def speedup_measured(parent: EvalResult | None, child: EvalResult) -> float | None:
+    """Parent time / child time when both are ok (the figure a strategy's prediction is checked against)."""
+    if parent is None or not parent.ok or not child.ok or not math.isfinite(child.time_ns) or child.time_ns <= 0:
+        return None
+    return parent.time_ns / child.time_ns
+
+
+__all__ = ["evolve", "draft", "fix", "summarize", "evaluate_unless_fatal", "speedup_measured", "RunSummary",
+           "NoProgress", "Draft"]

@@ -10,7 +10,8 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from agents.builtin import BuiltinBackend
+from agents.builtin import builtin_team
+from agents.roles import Team
 from agents.loop import Evaluate, RunSummary, evolve, summarize
 from evaluator.cascade import EvalConfig
 from evaluator.executor import EvalJob, WorkerCrashed, open_executor
@@ -34,11 +35,11 @@ def start_or_resume(archive_path: Path, config: RunConfig | None, resume: str | 
 def execute(archive: Archive, run_id: str, config: RunConfig, machine: MachineSpec, console: Console,
             quiet: bool) -> RunSummary:
     task = get_task(config.task)
-    backend = BuiltinBackend(config.mode, machine, task.parse_shape(config.shape))
+    team = builtin_team(config.mode, machine, task.parse_shape(config.shape), config.fix_attempts)
     with open_executor(config.workers, archive.path.parent / "cache") as executor:
         def run_batch(steps: list[tuple[str, int]]) -> Iterator[EvalResult]:
             return executor.map([step_job(config, machine, source, seq) for source, seq in steps])
-        return _with_progress(archive, run_id, config, backend, run_batch, console, quiet)
+        return _with_progress(archive, run_id, config, team, run_batch, console, quiet)
 
 
 def step_job(config: RunConfig, machine: MachineSpec, source: str, seq: int) -> EvalJob:
@@ -47,7 +48,7 @@ def step_job(config: RunConfig, machine: MachineSpec, source: str, seq: int) -> 
     return EvalJob(source, config.task, machine, config.shape, EvalConfig(seed=config.seed * 100_003 + seq))
 
 
-def _with_progress(archive: Archive, run_id: str, config: RunConfig, backend: BuiltinBackend, run_batch: Evaluate,
+def _with_progress(archive: Archive, run_id: str, config: RunConfig, team: Team, run_batch: Evaluate,
                    console: Console, quiet: bool) -> RunSummary:
     done = len(archive.evaluations(run_id))
     columns = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
@@ -62,7 +63,7 @@ def _with_progress(archive: Archive, run_id: str, config: RunConfig, backend: Bu
             text = f"{best[1].tflops:.1f} TFLOP/s ({best[1].pct_of_roofline:.0f}% of roofline)" if best else "-"
             bar.update(tid, completed=seq + 1, best=text, failures=failures)
 
-        return evolve(archive, run_id, config, backend, run_batch, progress)
+        return evolve(archive, run_id, config, team, run_batch, progress)
 
 
 def summary_dict(s: RunSummary, archive: Archive) -> dict:

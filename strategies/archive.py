@@ -6,10 +6,12 @@ from __future__ import annotations
 import hashlib
 import json
 import sqlite3
+import threading
 import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -29,7 +31,57 @@ CREATE TABLE IF NOT EXISTS evaluations (
     PRIMARY KEY (run_id, seq, attempt));
 CREATE TABLE IF NOT EXISTS lineage (run_id TEXT, child TEXT, parent TEXT, PRIMARY KEY (run_id, child, parent));
 CREATE TABLE IF NOT EXISTS pending (run_id TEXT, seq INTEGER, kernel TEXT, tries INTEGER, PRIMARY KEY (run_id, seq));
+CREATE TABLE IF NOT EXISTS drafts (
+    run_id TEXT, seq INTEGER, attempt INTEGER, kernel_hash TEXT, role TEXT, author TEXT, mode TEXT,
+    parent_kernel TEXT, ast_hash TEXT, note TEXT, PRIMARY KEY (run_id, seq, attempt));
+CREATE TABLE IF NOT EXISTS predictions (
+    run_id TEXT, seq INTEGER, attempt INTEGER, strategy_id TEXT, parent_id TEXT, bottleneck TEXT,
+    predicted REAL, measured REAL, PRIMARY KEY (run_id, seq, attempt));
+CREATE TABLE IF NOT EXISTS llm_calls (
+    run_id TEXT, n INTEGER, seq INTEGER, attempt INTEGER, role TEXT, model TEXT, tokens_in INTEGER,
+    tokens_out INTEGER, cost_usd REAL, latency_s REAL, error TEXT, cache_key TEXT, record TEXT, created REAL,
+    PRIMARY KEY (run_id, n));
+CREATE TABLE IF NOT EXISTS bandit (run_id TEXT, role TEXT, arm TEXT, pulls INTEGER, reward REAL,
+    PRIMARY KEY (run_id, role, arm));
 """
+
+
+@dataclass(frozen=True)
+class KernelOrigin:
+    """Who wrote a kernel and from what: the role, its author (builtin or a model alias), the
+    way it was written (template, full source, diff against its parent) and the parent kernel."""
+    role: str
+    author: str
+    mode: str
+    parent_kernel: str = ""
+    ast_hash: str = ""
+    note: str = ""
+
+
+@dataclass(frozen=True)
+class Prediction:
+    seq: int
+    attempt: int
+    strategy_id: str
+    parent_id: str
+    bottleneck: str
+    predicted: float
+    measured: float | None        # parent time / this time; None when this kernel failed
+
+
+@dataclass(frozen=True)
+class CallRow:
+    n: int
+    seq: int
+    attempt: int
+    role: str
+    model: str
+    tokens_in: int
+    tokens_out: int
+    cost_usd: float
+    latency_s: float
+    error: str
+    record: str                   # the full call (prompt, response, settings) as JSON
 
 
 class RunConfig(BaseModel):
@@ -43,6 +95,8 @@ class RunConfig(BaseModel):
     backend: str = "builtin"
     mode: str = "strategy"          # strategy (default), random, mutation-only: for ablations
     workers: int = Field(1, ge=1)   # steps proposed together and evaluated side by side
+    fix_attempts: int = Field(1, ge=0)   # fixes tried per failed step, each an evaluation of the same step
+    agents: dict[str, Any] = Field(default_factory=dict)   # the LLM roles' settings (agents.config), never a key
 
 
 @dataclass(frozen=True)
@@ -58,7 +112,8 @@ class Archive:
     def __init__(self, path: str | Path):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.db = sqlite3.connect(self.path, timeout=30)
+        self.db = sqlite3.connect(self.path, timeout=30, check_same_thread=False)   # model calls record from threads
+        self.lock = threading.Lock()
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.executescript(SCHEMA)
@@ -110,10 +165,20 @@ class Archive:
 
     # ---------------------------------------------------------------- evaluations
     def record(self, run_id: str, seq: int, attempt: int, strategy: Strategy, source: str,
-               result: EvalResult) -> None:
-        """One evaluation, its strategy, kernel and lineage, in one transaction."""
+               result: EvalResult, origin: KernelOrigin | None = None, prediction: Prediction | None = None) -> None:
+        """One evaluation, its strategy, kernel, who wrote it, lineage and the strategy's
+        prediction against the measurement, in one transaction."""
         err = max(result.errors.values()) if result.errors else None
-        with self.db:
+        with self.lock, self.db:
+            if origin is not None:
+                self.db.execute("INSERT OR REPLACE INTO drafts VALUES (?,?,?,?,?,?,?,?,?,?)",
+                                (run_id, seq, attempt, result.source_hash, origin.role, origin.author, origin.mode,
+                                 origin.parent_kernel, origin.ast_hash, origin.note))
+            if prediction is not None:
+                p = prediction
+                self.db.execute("INSERT OR REPLACE INTO predictions VALUES (?,?,?,?,?,?,?,?)",
+                                (run_id, p.seq, p.attempt, p.strategy_id, p.parent_id, p.bottleneck, p.predicted,
+                                 p.measured))
             self.db.execute("INSERT OR IGNORE INTO strategies VALUES (?,?,?,?,?)",
                             (strategy.id, run_id, strategy.family, strategy.origin, strategy.model_dump_json()))
             self.db.execute("INSERT OR IGNORE INTO kernels VALUES (?,?)", (result.source_hash, source))
@@ -131,7 +196,7 @@ class Archive:
         `record` clears the mark; one left behind means the evaluating process died (killed, out
         of memory, crashed), so a resumed run can tell a candidate that keeps killing it."""
         tries = {}
-        with self.db:
+        with self.lock, self.db:
             for seq, source in steps:
                 kernel = hashlib.sha256(source.encode()).hexdigest()[:32]
                 row = self.db.execute("SELECT kernel, tries FROM pending WHERE run_id = ? AND seq = ?",
@@ -139,6 +204,50 @@ class Archive:
                 tries[seq] = row[1] + 1 if row and row[0] == kernel else 1
                 self.db.execute("INSERT OR REPLACE INTO pending VALUES (?,?,?,?)", (run_id, seq, kernel, tries[seq]))
         return tries
+
+    def origins(self, run_id: str) -> dict[tuple[int, int], KernelOrigin]:
+        """(seq, attempt) -> who wrote the kernel evaluated there (rows from before drafts were kept: none)."""
+        cur = self.db.execute("SELECT seq, attempt, role, author, mode, parent_kernel, ast_hash, note FROM drafts "
+                              "WHERE run_id = ?", (run_id,))
+        return {(seq, attempt): KernelOrigin(*rest) for seq, attempt, *rest in cur}
+
+    def predictions(self, run_id: str) -> list[Prediction]:
+        cur = self.db.execute("SELECT seq, attempt, strategy_id, parent_id, bottleneck, predicted, measured "
+                              "FROM predictions WHERE run_id = ? ORDER BY seq, attempt", (run_id,))
+        return [Prediction(*row) for row in cur]
+
+    # ---------------------------------------------------------------- model calls
+    def record_call(self, run_id: str, seq: int, attempt: int, role: str, model: str, tokens_in: int,
+                    tokens_out: int, cost_usd: float, latency_s: float, error: str, cache_key: str,
+                    record: str) -> None:
+        """One request to a model, committed at once (a crash loses no spend); any thread may call it."""
+        with self.lock, self.db:
+            n = self.db.execute("SELECT COALESCE(MAX(n), -1) + 1 FROM llm_calls WHERE run_id = ?", (run_id,)).fetchone()[0]
+            self.db.execute("INSERT INTO llm_calls VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                            (run_id, n, seq, attempt, role, model, tokens_in, tokens_out, cost_usd, latency_s, error,
+                             cache_key, record, time.time()))
+
+    def calls(self, run_id: str, seq: int | None = None) -> list[CallRow]:
+        cur = self.db.execute("SELECT n, seq, attempt, role, model, tokens_in, tokens_out, cost_usd, latency_s, error, "
+                              "record FROM llm_calls WHERE run_id = ? AND (? IS NULL OR seq = ?) ORDER BY n",
+                              (run_id, seq, seq))
+        return [CallRow(*row) for row in cur]
+
+    def spend(self, run_id: str) -> dict:
+        """Tokens and dollars of a run's model calls, in total and per role and model."""
+        cur = self.db.execute("SELECT role, model, COUNT(*), SUM(tokens_in), SUM(tokens_out), SUM(cost_usd) "
+                              "FROM llm_calls WHERE run_id = ? GROUP BY role, model ORDER BY role, model", (run_id,))
+        rows = [dict(zip(("role", "model", "calls", "tokens_in", "tokens_out", "cost_usd"), r)) for r in cur]
+        total = {k: sum(r[k] or 0 for r in rows) for k in ("calls", "tokens_in", "tokens_out", "cost_usd")}
+        return {**total, "by": rows}
+
+    def bandit_state(self, run_id: str) -> dict[tuple[str, str], tuple[int, float]]:
+        return {(role, arm): (pulls, reward) for role, arm, pulls, reward in
+                self.db.execute("SELECT role, arm, pulls, reward FROM bandit WHERE run_id = ?", (run_id,))}
+
+    def save_bandit(self, run_id: str, role: str, arm: str, pulls: int, reward: float) -> None:
+        with self.db:
+            self.db.execute("INSERT OR REPLACE INTO bandit VALUES (?,?,?,?,?)", (run_id, role, arm, pulls, reward))
 
     def clear_pending(self, run_id: str) -> None:
         """Forget in-flight marks: the run was stopped on purpose (Ctrl-C, SIGTERM), not by a candidate."""

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 
-from agents.builtin import BuiltinBackend
+from agents.builtin import builtin_team
 from agents.loop import evolve
 from evaluator.result import EvalResult, EvalStatus
 from strategies.archive import Archive, RunConfig
@@ -36,7 +36,7 @@ def evaluator(fatal_seq: int, calls: list[int]):
 def test_a_step_that_kills_the_evaluator_twice_is_not_evaluated_again(tmp_path):
     archive = Archive(tmp_path / "a.sqlite")
     run_id = archive.new_run(CONFIG)
-    backend = BuiltinBackend(CONFIG.mode, machine("ascend-910a"), (256, 256, 256))
+    backend = builtin_team(CONFIG.mode, machine("ascend-910a"), (256, 256, 256))
     calls: list[int] = []
     for _ in range(2):   # the run dies at step 3, twice
         with pytest.raises(Died):
@@ -52,7 +52,7 @@ def test_a_step_that_kills_the_evaluator_twice_is_not_evaluated_again(tmp_path):
 def test_a_run_stopped_on_purpose_retries_its_step(tmp_path):
     archive = Archive(tmp_path / "a.sqlite")
     run_id = archive.new_run(CONFIG)
-    backend = BuiltinBackend(CONFIG.mode, machine("ascend-910a"), (256, 256, 256))
+    backend = builtin_team(CONFIG.mode, machine("ascend-910a"), (256, 256, 256))
     calls: list[int] = []
     for _ in range(3):   # stopped by the user at step 2, three times: each time a fresh start
         with pytest.raises(Died):

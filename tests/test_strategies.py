@@ -112,14 +112,17 @@ def test_local_step_moves_exactly_one_knob_to_an_adjacent_value():
 def test_builtin_never_proposes_a_tried_strategy_when_the_neighbourhood_runs_out(mode):
     """The elites' neighbourhood is small (one family, one cell); once it is used up the
     strategist explores at random instead of proposing a tried strategy again."""
-    from agents.builtin import BuiltinBackend
+    from agents.builtin import BuiltinStrategist
+    from agents.runstate import default_context
+    from strategies.archive import RunConfig
 
-    backend = BuiltinBackend(mode)
+    backend = BuiltinStrategist(mode)
     backend.initial("sgemm", 1, np.random.default_rng(0))
+    make = default_context(RunConfig(task="sgemm", machine="ascend-910a", shape="256x256x256", budget=1, seed=0))
     elites = Elites()
     elites.add(FAMILIES["sgemm_cube"].strategy(), result(100.0))
-    tried: set[str] = {FAMILIES["sgemm_cube"].strategy().id}
+    tried: set[str] = {FAMILIES["sgemm_cube"].strategy().signature}
     for step in range(120):
-        proposal = backend.propose(elites, np.random.default_rng([1, step]), frozenset(tried))
-        assert proposal.id not in tried and proposal.task == "sgemm"
-        tried.add(proposal.id)
+        proposal = backend.propose(make(elites=elites, tried=frozenset(tried)), np.random.default_rng([1, step]))
+        assert proposal.signature not in tried and proposal.task == "sgemm"
+        tried.add(proposal.signature)
