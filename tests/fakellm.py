@@ -73,6 +73,7 @@ class _Server(ThreadingHTTPServer):
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # headers and body go out as two writes: no 40 ms delayed-ACK stall
     server: _Server
 
     def log_message(self, format: str, *args: Any) -> None:  # quiet
@@ -110,7 +111,7 @@ class _Handler(BaseHTTPRequestHandler):
         except ValueError:
             self._error(400, "request body is not JSON")
             return
-        fake._note(body, dict(self.headers))
+        fake._note(body, {name.lower(): value for name, value in self.headers.items()})
         if self.path.rstrip("/") != "/v1/chat/completions":
             self._error(404, f"no route POST {self.path}")
             return
@@ -172,7 +173,7 @@ class FakeLLM:
         self.response_formats = frozenset(response_formats)
         self.model_ids = tuple(model_ids)
         self.requests: list[dict] = []  # every request body received, in order
-        self.request_headers: list[dict] = []
+        self.request_headers: list[dict] = []  # their headers, names lower-cased
         self._lock = threading.Lock()
         self._stopping = threading.Event()
         self._port = port

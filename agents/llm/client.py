@@ -296,8 +296,8 @@ class LLMClient:
         """One chat completion through the SDK (its retries inside), recorded and settled.
         Raises ProviderError, LLMConfigError, or the APIStatusError of a rejected
         response_format (already recorded) for the caller to fall back on."""
+        sdk = self._sdk_client(settings)  # may raise LLMConfigError (no key): nothing held or sent
         reservation = self.ledger.reserve(settings, estimate_prompt_tokens(sent))
-        sdk = self._sdk_client(settings)  # may raise LLMConfigError (no key): nothing sent
         kwargs: dict[str, Any] = {"model": settings.model, "messages": sent,
                                   "temperature": settings.temperature, "max_tokens": settings.max_tokens,
                                   "timeout": settings.timeout_s}
