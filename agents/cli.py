@@ -30,7 +30,9 @@ def _register_archive() -> None:
 
 def fail(message: str) -> None:
     """Print an actionable error and exit with status 2."""
-    Console(stderr=True).print(f"[bold red]error:[/] {message}", highlight=False)
+    from rich.markup import escape
+
+    Console(stderr=True).print(f"[bold red]error:[/] {escape(message)}", highlight=False)
     raise typer.Exit(2)
 
 
@@ -223,75 +225,105 @@ def strategies(
 
 @app.command("run")
 def run(
-    task: str = typer.Option("sgemm", "--task", "-t", help="task to evolve kernels for (see `cubepilot tasks`)"),
-    machine: str = typer.Option("ascend-910a", "--machine", "-m", help="preset name or TOML path"),
-    budget: int = typer.Option(24, "--budget", "-n", min=1, help="evaluations to spend (repairs count)"),
-    seed: int = typer.Option(0, "--seed", help="seed of every decision and test input (same seed, same run)"),
-    backend: str = typer.Option("builtin", "--backend", help="builtin (no LLM, offline)"),
-    mode: str = typer.Option("strategy", "--mode", help="strategy (default) | mutation-only | random: ablations"),
+    task: str = typer.Option(None, "--task", "-t", help="task to evolve kernels for (see `cubepilot tasks`; default sgemm)"),
+    machine: str = typer.Option(None, "--machine", "-m", help="preset name or TOML path (default ascend-910a)"),
+    budget: int = typer.Option(None, "--budget", "-n", min=1, help="evaluations to spend, fixes included (default 24)"),
+    seed: int = typer.Option(None, "--seed", help="seed of every decision and test input (same seed, same run; default 0)"),
+    backend: str = typer.Option(None, "--backend", help="builtin (offline, no model; the default) or openai (any "
+                                "OpenAI-compatible server: OpenAI, vLLM, Ollama, llama.cpp)"),
+    model: str = typer.Option(None, "--model", help="served model id (sets [models.default].model)"),
+    base_url: str = typer.Option(None, "--base-url", help="server URL, e.g. http://127.0.0.1:8080/v1"),
+    api_key_env: str = typer.Option(None, "--api-key-env", help="environment variable holding the API key "
+                                    "(default OPENAI_API_KEY; the key itself is never written anywhere)"),
+    no_api_key: bool = typer.Option(False, "--no-api-key", help="the server takes no key (local servers)"),
+    price_in: float = typer.Option(None, "--price-in", help="USD per million prompt tokens"),
+    price_out: float = typer.Option(None, "--price-out", help="USD per million completion tokens"),
+    allow_unpriced: bool = typer.Option(None, "--allow-unpriced", help="run models without prices (cost shows 0)"),
+    context_tokens: int = typer.Option(None, "--context-tokens", help="the model's context window, in tokens"),
+    max_dollars: float = typer.Option(None, "--max-dollars", help="stop when the model calls cost this much"),
+    max_tokens_total: int = typer.Option(None, "--max-tokens-total", help="stop after this many model tokens"),
+    max_wall: float = typer.Option(None, "--max-wall", help="stop after this many seconds of model calls' run"),
+    fix_attempts: int = typer.Option(None, "--fix-attempts", min=0, max=5, help="fixes tried per failed step (default 1)"),
+    no_strategy: bool = typer.Option(None, "--no-strategy", help="comparison: code-only evolution, no strategist"),
+    no_roofline: bool = typer.Option(None, "--no-roofline", help="comparison: prompts without the bottleneck card"),
+    best_of_n: bool = typer.Option(None, "--best-of-n", help="comparison: independent samples, no evolution"),
+    mode: str = typer.Option(None, "--mode", help="builtin ablations: strategy (default) | mutation-only | random"),
     shape: str = typer.Option(None, "--shape", "-s", help="benchmark shape (default: the task's)"),
     workers: int = typer.Option(None, "--workers", "-w", min=1,
                                 help="evaluations side by side, one process each (default 1; a run keeps its "
                                      "value on resume unless given)"),
+    config_file: Path = typer.Option(None, "--config", help="configuration file (default ./cubepilot.toml if it "
+                                     "exists; `cubepilot init` writes one)"),
     resume: str = typer.Option(None, "--resume", help="continue the run with this id, where it stopped"),
+    replay: str = typer.Option(None, "--replay", help="re-run a recorded LLM run offline: every model answer comes "
+                               "from that run's record, no server is contacted"),
+    dry_run: bool = typer.Option(False, "--dry-run", help="print what the run would send and estimate its cost; "
+                                 "evaluate nothing, call no model"),
     archive: Path = typer.Option(None, "--archive", help="archive SQLite file (default .cubepilot/archive.sqlite)"),
     as_json: bool = typer.Option(False, "--json", help="print one JSON summary object"),
 ) -> None:
-    """Evolve kernels for a task on a machine. Ctrl-C stops cleanly; --resume continues."""
-    from agents import run_cli
-    from evaluator.errors import EvalError
-    from evaluator.tasks import get_task
-    from strategies.archive import RunConfig
+    """Evolve kernels for a task on a machine. Ctrl-C stops cleanly; --resume continues.
 
-    if backend != "builtin":
-        fail(f"backend {backend!r} is not available; the builtin backend works offline (--backend builtin)")
-    if mode not in ("strategy", "mutation-only", "random"):
-        fail(f"--mode must be strategy, mutation-only or random, got {mode!r}")
-    archive_path = archive or run_cli.DEFAULT_ARCHIVE
-    config = None
-    if not resume:
-        try:
-            the_task = get_task(task)
-            the_shape = the_task.parse_shape(shape) if shape else the_task.bench_shape
-        except EvalError as exc:
-            fail(str(exc))
-        spec = _machine(machine)
-        config = RunConfig(task=task, machine=machine, shape=the_task.format_shape(the_shape), budget=budget,
-                           seed=seed, backend=backend, mode=mode, workers=workers or 1)
+    With --backend openai the strategist, coder and fixer are played by a model: every prompt,
+    answer, token and dollar is recorded in the archive; the API key is read from the
+    environment only. Exits 0 when the run ends (budget of evaluations, tokens, dollars or
+    time spent), 130 when stopped by Ctrl-C, 3 when the model provider is down (resume later),
+    2 for bad input."""
+    from agents import config as cfg
+    from agents import run_cli
+
+    flags = dict(task=task, machine=machine, budget=budget, seed=seed, shape=shape, workers=workers,
+                 fix_attempts=fix_attempts, backend=backend, mode=mode, model=model, base_url=base_url,
+                 api_key_env=api_key_env, no_api_key=no_api_key, price_in=price_in, price_out=price_out,
+                 allow_unpriced=allow_unpriced, context_tokens=context_tokens,
+                 budget_tokens=max_tokens_total, budget_dollars=max_dollars, budget_wall_s=max_wall, strategy=None if no_strategy is None else not no_strategy,
+                 roofline=None if no_roofline is None else not no_roofline, best_of_n=best_of_n)
     try:
-        store, run_id, config = run_cli.start_or_resume(archive_path, config, resume)
-    except KeyError as exc:
+        settings = run_cli.settle_config(cfg.load(config_file), flags, archive, resume, replay)
+    except (cfg.ConfigError, run_cli.RunInputError) as exc:
+        fail(str(exc))
+    spec = _machine(settings.run.machine)
+    if dry_run:
+        run_cli.dry_run(console, settings, spec, as_json)
+        raise typer.Exit(0)
+    try:
+        store, run_id, config = run_cli.start_or_resume(settings, resume, replay, flags)
+    except (KeyError, cfg.ConfigError, run_cli.RunInputError) as exc:
         fail(str(exc.args[0]))
-    if resume and budget != 24:
-        config = config.model_copy(update={"budget": budget})
-    if resume and workers:
-        config = config.model_copy(update={"workers": workers})
-    spec = _machine(config.machine)
     quiet = as_json
     if not quiet:
+        who = "builtin roles" if config.backend == "builtin" else \
+            "models " + ", ".join(sorted({m["model"] for m in config.agents.get("models", {}).values()}))
         console.print(f"run [bold]{run_id}[/]: {config.task} on {config.machine} at {config.shape}, budget "
-                      f"{config.budget}, seed {config.seed}"
-                      f"{f', {config.workers} workers' if config.workers > 1 else ''}, archive {archive_path}")
-    stopped = False
-    run_cli.stop_on_signals()
-    try:
-        summary = run_cli.execute(store, run_id, config, spec, console, quiet)
-        store.set_status(run_id, "done")
-    except KeyboardInterrupt:
-        stopped = True
-        summary = run_cli.interrupted_summary(store, run_id)
-    except run_cli.WorkerCrashed as exc:
-        run_cli.interrupted_summary(store, run_id, on_purpose=False)
-        store.close()
-        fail(f"{exc}. Resume with:\n  cubepilot run --resume {run_id}"
-             + run_cli.archive_flag({"archive": str(store.path)}) + "\n(add --workers 1 if memory is short)")
-    result = run_cli.summary_dict(summary, store)
+                      f"{config.budget}, seed {config.seed}, {who}"
+                      f"{f', {config.workers} workers' if config.workers > 1 else ''}"
+                      f"{f', replaying {replay}' if replay else ''}, archive {store.path}", highlight=False)
+    outcome = run_cli.run_to_end(store, run_id, config, spec, console, quiet, replay)
+    result = run_cli.summary_dict(outcome.summary, store)
+    result.update(stopped_by=outcome.reason, spend=store.spend(run_id))
     if as_json:
         print(__import__("json").dumps(result))
     else:
-        run_cli.print_summary(console, result, stopped)
+        run_cli.print_summary(console, result, outcome)
     store.close()
-    raise typer.Exit(130 if stopped else 0)
+    if outcome.error:
+        fail(outcome.error)
+    raise typer.Exit(outcome.exit_code)
+
+
+@app.command("init")
+def init(
+    path: Path = typer.Argument(Path("cubepilot.toml"), help="where to write the configuration"),
+    force: bool = typer.Option(False, "--force", help="overwrite an existing file"),
+) -> None:
+    """Write a commented cubepilot.toml: the run, the backend, models (OpenAI or a local server), roles, budgets."""
+    from agents.config import TEMPLATE
+
+    if path.exists() and not force:
+        fail(f"{path} exists; pass --force to overwrite it")
+    path.write_text(TEMPLATE)
+    console.print(f"wrote {path}; edit it, then: cubepilot run  (flags override the file; see cubepilot run --help)",
+                  highlight=False)
 
 
 @app.command("serve")

@@ -69,7 +69,11 @@ def evolve(archive: Archive, run_id: str, config: RunConfig, team: Team, evaluat
             results = evaluate_unless_fatal(archive, run_id, config, evaluate, [(s.draft.source, s.seq) for s in steps])
             fixes = []
             for step, result in zip(steps, results):
+                best_before = run.elites.best()
                 run.record(step, result)
+                if team.learn:
+                    team.learn(step.seq, step.attempt, step.strategy, step.draft, result,
+                               best_before[1].time_ns if best_before else None)
                 if progress:
                     progress(run.evaluations - 1, step.strategy, result, run.elites, run.failures)
                 fixes.append(fix(team, ctx, run, step, result, config.seed))

@@ -121,12 +121,17 @@ class Fixer(Protocol):
         """A repaired kernel (and the strategy it now implements), or None when there is no fix."""
 
 
+# told each evaluated step: (seq, attempt, strategy, kernel, result, best time before it)
+Learn = Callable[[int, int, Strategy, Draft, EvalResult, "float | None"], None]
+
+
 @dataclass(frozen=True)
 class Team:
     strategist: Strategist
     coder: Coder
     fixer: Fixer
     fix_attempts: int = 1        # fixes tried per failed step (each is an evaluation of the same step)
+    learn: Learn | None = None   # told every evaluated step (a bandit over models learns from it)
 
     @property
     def name(self) -> str:

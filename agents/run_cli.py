@@ -3,17 +3,19 @@ from __future__ import annotations
 
 import json
 import signal
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from agents.builtin import builtin_team
-from agents.roles import Team
-from agents.loop import Evaluate, RunSummary, evolve, summarize
+from agents.config import Config, override, validate
+from agents.loop import Evaluate, NoProgress, RunSummary, evolve, summarize
+from agents.runstate import default_context
+from agents.team import Crew, build_team
 from evaluator.cascade import EvalConfig
+from evaluator.errors import EvalError
 from evaluator.executor import EvalJob, WorkerCrashed, open_executor
 from evaluator.result import EvalResult
 from evaluator.tasks import get_task
@@ -23,23 +25,115 @@ from strategies.archive import Archive, RunConfig
 DEFAULT_ARCHIVE = Path(".cubepilot") / "archive.sqlite"
 
 
-def start_or_resume(archive_path: Path, config: RunConfig | None, resume: str | None) -> tuple[Archive, str, RunConfig]:
-    archive = Archive(archive_path)
+class RunInputError(ValueError):
+    """Bad input to `cubepilot run` that the user must fix (unknown task, bad shape, conflicting flags)."""
+
+
+@dataclass(frozen=True)
+class Outcome:
+    summary: RunSummary
+    reason: str                # why the run ended: "budget", "stopped", "tokens budget spent", ...
+    exit_code: int = 0
+    error: str = ""            # printed as an error (exit 2 or 3) after the summary
+
+
+def settle_config(config: Config, flags: dict, archive: Path | None, resume: str | None, replay: str | None) -> Config:
+    """The file's configuration with the flags on top, checked for a new run. A resumed or
+    replayed run takes its recorded configuration instead (see start_or_resume)."""
+    if resume and replay:
+        raise RunInputError("--resume and --replay exclude each other: --replay starts a new run from a recorded one")
+    config = override(config, **flags)
+    if archive is not None:
+        config = config.model_copy(update={"run": config.run.model_copy(update={"archive": str(archive)})})
+    if not (resume or replay):
+        try:
+            task = get_task(config.run.task)
+            if config.run.shape:
+                task.parse_shape(config.run.shape)
+        except EvalError as exc:
+            raise RunInputError(str(exc)) from None
+        config.check_llm()
+    return config
+
+
+def start_or_resume(config: Config, resume: str | None, replay: str | None,
+                    flags: dict | None = None) -> tuple[Archive, str, RunConfig]:
+    """Open the archive and start a run, or take a recorded run's configuration: on resume
+    the flags may raise its budget of evaluations, its workers and its spend budgets."""
+    archive = Archive(config.run.archive)
+    flags = flags or {}
     if resume:
-        config = archive.run_config(resume)          # KeyError with the recent runs if unknown
+        run = archive.run_config(resume)          # KeyError with the recent runs if unknown
+        run = run.model_copy(update={k: flags[k] for k in ("budget", "workers") if flags.get(k) is not None})
+        spend = {k: flags[f"budget_{k}"] for k in ("tokens", "dollars", "wall_s") if flags.get(f"budget_{k}") is not None}
+        if spend and run.agents:
+            run = run.model_copy(update={"agents": {**run.agents, "budget": {**run.agents.get("budget", {}), **spend}}})
         archive.set_status(resume, "running")
-        return archive, resume, config
-    return archive, archive.new_run(config), config
+        return archive, resume, run
+    if replay:
+        recorded = archive.run_config(replay)
+        if recorded.backend == "builtin":
+            raise RunInputError(f"run {replay} used the builtin backend: it made no model calls to replay "
+                                "(a builtin run is reproduced by its seed: cubepilot run --seed ...)")
+        return archive, archive.new_run(recorded), recorded
+    task = get_task(config.run.task)
+    shape = task.parse_shape(config.run.shape) if config.run.shape else task.bench_shape
+    run = RunConfig(task=task.name, machine=config.run.machine, shape=task.format_shape(shape), budget=config.run.budget,
+                    seed=config.run.seed, backend=config.agents.backend, mode=config.agents.mode,
+                    workers=config.run.workers, fix_attempts=config.run.fix_attempts,
+                    agents={} if config.agents.backend == "builtin" else config.public())
+    return archive, archive.new_run(run), run
+
+
+def run_to_end(archive: Archive, run_id: str, config: RunConfig, machine: MachineSpec, console: Console,
+               quiet: bool, replay: str | None = None) -> Outcome:
+    """Runs until the budget is spent or something stops it; nothing recorded is ever lost."""
+    from agents.llm.errors import BudgetExhausted, LLMConfigError, ProviderDown, ReplayMiss
+
+    resume = f"cubepilot run --resume {run_id}" + archive_flag({"archive": str(archive.path)})
+    stop_on_signals()
+    try:
+        summary = execute(archive, run_id, config, machine, console, quiet, replay)
+        archive.set_status(run_id, "done")
+        return Outcome(summary, "budget")
+    except KeyboardInterrupt:
+        return Outcome(interrupted_summary(archive, run_id), "stopped", 130)
+    except BudgetExhausted as exc:
+        archive.set_status(run_id, "done")
+        return Outcome(summarize(archive, run_id, completed=True), f"{exc.budget} budget spent")
+    except WorkerCrashed as exc:
+        summary = interrupted_summary(archive, run_id, on_purpose=False)
+        return Outcome(summary, "worker crashed", 2, f"{exc}. Resume with:\n  {resume}\n(add --workers 1 if memory "
+                       "is short)")
+    except ProviderDown as exc:
+        summary = interrupted_summary(archive, run_id)
+        return Outcome(summary, "provider down", 3, f"{exc}\nNothing is lost; when the server answers again:\n  {resume}")
+    except NoProgress as exc:
+        summary = interrupted_summary(archive, run_id)
+        return Outcome(summary, "no progress", 3, f"{exc} (malformed answers, kernels identical to ones already "
+                       f"evaluated); look at the model calls with `cubepilot archive calls {run_id}`. Resume with:\n  {resume}")
+    except ReplayMiss as exc:
+        summary = interrupted_summary(archive, run_id)
+        return Outcome(summary, "replay miss", 2, f"{exc}; the recorded run {replay} has no answer for this prompt "
+                       "(the code, prompts or configuration changed since it was recorded)")
+    except LLMConfigError as exc:
+        summary = interrupted_summary(archive, run_id)
+        return Outcome(summary, "configuration", 2, f"{exc}\nFix it, then resume with:\n  {resume}")
 
 
 def execute(archive: Archive, run_id: str, config: RunConfig, machine: MachineSpec, console: Console,
-            quiet: bool) -> RunSummary:
+            quiet: bool, replay: str | None = None) -> RunSummary:
     task = get_task(config.task)
-    team = builtin_team(config.mode, machine, task.parse_shape(config.shape), config.fix_attempts)
+    agents = validate(config.agents, f"run {run_id}'s recorded configuration") if config.agents else Config()
+    agents = agents.model_copy(update={"run": agents.run.model_copy(update={"fix_attempts": config.fix_attempts}),
+                                       "agents": agents.agents.model_copy(update={"mode": config.mode,
+                                                                                  "backend": config.backend})})
+    crew = build_team(agents, machine, task.parse_shape(config.shape), archive, run_id, replay)
+    make_context = default_context(config, machine, roofline=agents.agents.roofline)
     with open_executor(config.workers, archive.path.parent / "cache") as executor:
         def run_batch(steps: list[tuple[str, int]]) -> Iterator[EvalResult]:
             return executor.map([step_job(config, machine, source, seq) for source, seq in steps])
-        return _with_progress(archive, run_id, config, team, run_batch, console, quiet)
+        return _with_progress(archive, run_id, config, crew, run_batch, make_context, console, quiet)
 
 
 def step_job(config: RunConfig, machine: MachineSpec, source: str, seq: int) -> EvalJob:
@@ -48,22 +142,22 @@ def step_job(config: RunConfig, machine: MachineSpec, source: str, seq: int) -> 
     return EvalJob(source, config.task, machine, config.shape, EvalConfig(seed=config.seed * 100_003 + seq))
 
 
-def _with_progress(archive: Archive, run_id: str, config: RunConfig, team: Team, run_batch: Evaluate,
-                   console: Console, quiet: bool) -> RunSummary:
+def _with_progress(archive: Archive, run_id: str, config: RunConfig, crew: Crew, run_batch: Evaluate,
+                   make_context, console: Console, quiet: bool) -> RunSummary:
     done = len(archive.evaluations(run_id))
     columns = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                TextColumn("best {task.fields[best]}"), TextColumn("failures {task.fields[failures]}"),
-               TimeElapsedColumn()]
+               TextColumn("{task.fields[spent]}"), TimeElapsedColumn()]
     with Progress(*columns, console=console, disable=quiet, transient=False) as bar:
         tid = bar.add_task(f"{config.task} / {config.machine}", total=config.budget, completed=done,
-                           best="-", failures=0)
+                           best="-", failures=0, spent=crew.spent())
 
         def progress(seq, strategy, result, elites, failures):
             best = elites.best()
             text = f"{best[1].tflops:.1f} TFLOP/s ({best[1].pct_of_roofline:.0f}% of roofline)" if best else "-"
-            bar.update(tid, completed=seq + 1, best=text, failures=failures)
+            bar.update(tid, completed=seq + 1, best=text, failures=failures, spent=crew.spent())
 
-        return evolve(archive, run_id, config, team, run_batch, progress)
+        return evolve(archive, run_id, config, crew.team, run_batch, progress, make_context)
 
 
 def summary_dict(s: RunSummary, archive: Archive) -> dict:
@@ -83,8 +177,13 @@ def summary_dict(s: RunSummary, archive: Archive) -> dict:
     return out
 
 
-def print_summary(console: Console, d: dict, stopped: bool) -> None:
-    if stopped:
+def print_summary(console: Console, d: dict, outcome: Outcome) -> None:
+    spend = d.get("spend") or {}
+    if spend.get("calls"):
+        console.print(f"Model calls: {spend['calls']}, {spend['tokens_in']:,} tokens in, {spend['tokens_out']:,} out, "
+                      f"${spend['cost_usd']:.4f}" + (f"; ended: {outcome.reason}" if outcome.reason != "budget" else ""),
+                      highlight=False)
+    if outcome.reason == "stopped":
         console.print(f"[yellow]Stopped[/] after {d['evaluations']} evaluations; nothing is lost. Resume with:\n"
                       f"  cubepilot run --resume {d['run_id']}" + archive_flag(d))
     if d["best_tflops"] is None:
@@ -126,5 +225,5 @@ def interrupted_summary(archive: Archive, run_id: str, on_purpose: bool = True) 
     return summarize(archive, run_id)
 
 
-__all__ = ["DEFAULT_ARCHIVE", "WorkerCrashed", "execute", "start_or_resume", "summary_dict", "print_summary",
-           "typer"]
+__all__ = ["DEFAULT_ARCHIVE", "Outcome", "RunInputError", "execute", "run_to_end", "settle_config", "start_or_resume",
+           "summary_dict", "print_summary"]
