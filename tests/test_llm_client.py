@@ -9,10 +9,11 @@ import threading
 import time
 from collections.abc import Iterator
 
+import openai
 import pytest
 from pydantic import BaseModel, ConfigDict
 
-from agents.llm import (BudgetExhausted, Budgets, CallRecord, LLMClient, LLMConfigError, Ledger,
+from agents.llm import (BudgetExhausted, Budgets, CallRecord, ContextOverflow, LLMClient, LLMConfigError, Ledger,
                         MalformedOutput, MemoryCache, ModelSettings, ProviderDown, ProviderError,
                         ReplayMiss)
 from agents.llm.ledger import estimate_prompt_tokens
@@ -234,6 +235,21 @@ def test_client_errors_are_config_errors_at_once(fake: FakeLLM) -> None:
     with pytest.raises(LLMConfigError, match=KEY_ENV):
         ask(client, settings_for(fake))
     assert len(fake.requests) == 2  # 4xx: no SDK retry; no ProviderDown either
+
+
+def test_prompt_longer_than_the_context_is_reported_as_such(fake: FakeLLM) -> None:
+    fake.push(Reply("This model's maximum context length is 4096 tokens. However, you requested 5000 "
+                    "tokens (800 in the messages, 4200 in the completion).", status=400))
+    client, records = make_client()
+    with pytest.raises(ContextOverflow, match="max_tokens"):
+        ask(client, settings_for(fake))
+    assert len(fake.requests) == 1 and records[0].error.startswith("http_400")
+
+
+def test_fake_server_lists_models(fake: FakeLLM) -> None:
+    sdk = openai.OpenAI(base_url=fake.base_url, api_key=KEY, max_retries=0)
+    assert [m.id for m in sdk.models.list().data] == ["fake-model"]
+    sdk.close()
 
 
 def test_answer_slower_than_deadline_returns_in_time(fake: FakeLLM) -> None:

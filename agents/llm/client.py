@@ -16,7 +16,7 @@ import openai
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_none
 
 from agents.llm.cache import CachedResponse, ResponseCache, cache_key
-from agents.llm.errors import (LLMConfigError, MalformedOutput, ProviderDown, ProviderError,
+from agents.llm.errors import (ContextOverflow, LLMConfigError, MalformedOutput, ProviderDown, ProviderError,
                                ReplayMiss)
 from agents.llm.ledger import Ledger, cost_usd, estimate_prompt_tokens, estimate_tokens
 from agents.llm.parsing import extract_json, strip_reasoning
@@ -29,12 +29,14 @@ AUTO_MODES = ("json_schema", "json_object", "fenced")
 DEADLINE_MARGIN_S = 0.25  # how long past its deadline a caller may wait for the SDK to return
 SNIPPET_CHARS = 300
 _FORMAT_WORDS = ("response_format", "json_schema", "json_object", "structured output", "grammar")
+_CONTEXT_WORDS = ("context length", "context window", "maximum context", "context_length_exceeded",
+                  "prompt is too long", "too many tokens", "exceeds the context")
 
 
 @dataclass
 class _CallState:
-    """Per-request state the transport sees (thread-local: the sync SDK sends on the thread
-    that called it, including its retries)."""
+    """Per-request state the request hook sees (thread-local: the sync SDK sends on the
+    thread that called it, its retries included)."""
     deadline: float
     attempts: int = 0
 
@@ -42,29 +44,21 @@ class _CallState:
 _current = threading.local()
 
 
-class _DeadlineTransport(httpx2.BaseTransport):
-    """Wraps the real transport: every attempt the SDK makes (retries included) gets the
-    time left to the request's deadline as its timeout, and none is sent after it."""
-
-    def __init__(self, inner: httpx2.BaseTransport) -> None:
-        self._inner = inner
-
-    def handle_request(self, request: httpx2.Request) -> httpx2.Response:
-        state: _CallState | None = getattr(_current, "state", None)
-        if state is not None:
-            remaining = state.deadline - time.monotonic()
-            if remaining <= 0:
-                # an OpenAIError: the SDK propagates it without another retry
-                raise openai.APITimeoutError(request=request)
-            timeouts = dict(request.extensions.get("timeout") or {})
-            request.extensions["timeout"] = {
-                k: remaining if timeouts.get(k) is None else min(timeouts[k], remaining)
-                for k in ("connect", "read", "write", "pool")}
-            state.attempts += 1
-        return self._inner.handle_request(request)
-
-    def close(self) -> None:
-        self._inner.close()
+def _enforce_deadline(request: httpx2.Request) -> None:
+    """httpx request hook, run before every attempt the SDK makes (retries included): the
+    attempt's timeouts shrink to the time left to the request's deadline, and no attempt
+    starts after it."""
+    state: _CallState | None = getattr(_current, "state", None)
+    if state is None:
+        return
+    remaining = state.deadline - time.monotonic()
+    if remaining <= 0:
+        raise openai.APITimeoutError(request=request)  # an OpenAIError: the SDK does not retry it
+    timeouts = request.extensions.get("timeout") or {}
+    request.extensions["timeout"] = {
+        k: remaining if timeouts.get(k) is None else min(timeouts[k], remaining)
+        for k in ("connect", "read", "write", "pool")}
+    state.attempts += 1
 
 
 class _DeadlinePassed(Exception):
@@ -74,7 +68,7 @@ class _DeadlinePassed(Exception):
 def _run_until(fn: Callable[[], Any], state: _CallState, wait_until: float) -> Any:
     """Run `fn` on a worker thread and wait for it until `wait_until` (monotonic): the SDK
     may sleep between retries past the deadline; the caller does not wait for that. The
-    abandoned worker sends nothing more (the transport refuses after the deadline)."""
+    abandoned worker sends nothing more (`_enforce_deadline` refuses after the deadline)."""
     box: dict[str, Any] = {}
     done = threading.Event()
 
@@ -151,6 +145,8 @@ class LLMClient:
                  cache: ResponseCache | None = None, replay: ResponseCache | None = None,
                  max_consecutive_failures: int = 5, reasks: int = 2, max_in_flight: int = 4,
                  transport: httpx2.BaseTransport | None = None) -> None:
+        """`transport`: an httpx2 transport for every SDK client (tests, custom TLS); None
+        keeps httpx2's default, which honours HTTP(S)_PROXY from the environment."""
         if max_consecutive_failures < 1 or reasks < 0 or max_in_flight < 1:
             raise LLMConfigError(
                 f"LLMClient needs max_consecutive_failures >= 1, reasks >= 0, max_in_flight >= 1; "
@@ -206,6 +202,19 @@ class LLMClient:
     @property
     def consecutive_failures(self) -> int:
         return self._failures
+
+    def close(self) -> None:
+        """Close the SDK clients' connection pools."""
+        with self._lock:
+            clients, self._sdk = list(self._sdk.values()), {}
+        for client in clients:
+            client.close()
+
+    def __enter__(self) -> LLMClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     # -- parsing and re-asking ---------------------------------------------------------
 
@@ -352,7 +361,7 @@ class LLMClient:
         choice = response.choices[0]
         text = choice.message.content or ""
         usage = response.usage
-        if usage is not None:
+        if usage is not None and usage.prompt_tokens is not None and usage.completion_tokens is not None:
             tokens_in, tokens_out, estimated = usage.prompt_tokens, usage.completion_tokens, False
         else:
             tokens_in, tokens_out, estimated = estimate_prompt_tokens(sent), estimate_tokens(text), True
@@ -386,8 +395,8 @@ class LLMClient:
                 key = settings.api_key()
                 if key != "none":
                     self._secrets.add(key)
-                http = openai.DefaultHttpx2Client(
-                    transport=_DeadlineTransport(self._transport or httpx2.HTTPTransport()))
+                http = openai.DefaultHttpx2Client(transport=self._transport,
+                                                  event_hooks={"request": [_enforce_deadline]})
                 client = openai.OpenAI(base_url=settings.base_url, api_key=key, http_client=http,
                                        max_retries=settings.max_retries, timeout=settings.timeout_s)
                 self._sdk[slot] = client
@@ -418,6 +427,10 @@ class LLMClient:
             return LLMConfigError(f"{where}: not found (HTTP 404); check the model id (the server lists "
                                   f"them at {settings.base_url}/models) and that base_url ends in the API "
                                   f"root (usually /v1): {detail}")
+        if any(word in f"{err.message} {err.body}".lower() for word in _CONTEXT_WORDS):
+            return ContextOverflow(f"{where}: the prompt plus max_tokens ({settings.max_tokens}) does not fit "
+                                   f"the model's context (HTTP {status}: {detail}); shorten the prompt, lower "
+                                   "max_tokens, or set context_tokens to the served context")
         return LLMConfigError(f"{where}: the server rejected the request (HTTP {status}): {detail}; "
                               f"check max_tokens ({settings.max_tokens}) and context_tokens "
                               f"({settings.context_tokens}) against the model")

@@ -13,6 +13,11 @@ class LLMConfigError(LLMError):
     a request the server rejects as invalid. Retrying will not help; fix the config."""
 
 
+class ContextOverflow(LLMConfigError):
+    """The server refused the request as longer than the model's context (prompt plus
+    max_tokens): shorten the prompt or lower max_tokens / context_tokens."""
+
+
 class ProviderError(LLMError):
     """One call failed at the provider after the SDK's own transport retries
     (connection, timeout, 429, 5xx) or ran past its deadline."""
