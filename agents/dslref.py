@@ -62,7 +62,7 @@ def _pipe(kind: str) -> str:
     return "V" if kind in ops.VECTOR_KINDS else "S"
 
 
-def _method_lines() -> list[str]:
+def _method_lines(detail: bool = True) -> list[str]:
     """One line per method; methods that are ops carry their pipe, and undocumented ones with
     the same parameters share a line (k.add/sub/mul(dst, a, b) [V])."""
     groups: list[list] = []          # [names, params, ret, doc, pipe]
@@ -70,7 +70,7 @@ def _method_lines() -> list[str]:
         fn = vars(Kernel)[name]
         sig = _signature(fn)
         params, ret = sig[sig.index("("):sig.rindex(")") + 1], sig[sig.rindex(")") + 1:]
-        doc = _first_paragraph(fn)
+        doc = _first_paragraph(fn) if detail else ""
         pipe = f" [{_pipe(name)}]" if name in ops.ARITY else ""
         last = groups[-1] if groups else None
         if last and not doc and not last[3] and last[1] == params and last[4] == pipe:
@@ -81,9 +81,10 @@ def _method_lines() -> list[str]:
             for names, params, ret, doc, pipe in groups]
 
 
-@lru_cache(maxsize=1)
-def dsl_reference() -> str:
-    """The reference text (a few hundred tokens; it goes into every coder prompt)."""
+@lru_cache(maxsize=2)
+def dsl_reference(detail: bool = True) -> str:
+    """The reference text (about a thousand tokens; it goes into every coder prompt). Without
+    `detail`, signatures only: the short form for small context windows."""
     lines = [
         "A kernel is one Python module defining kernel(k, <tensors>); it runs once per core (SPMD).",
         "Tensors are GM views: t.shape, t.dtype, slicing t[i:i+m, j:j+n] gives a view (no data is ever read "
@@ -93,8 +94,8 @@ def dsl_reference() -> str:
         f"Attributes: {', '.join('k.' + a for a in kernel_attributes())}.",
         f"dtypes: {', '.join(BITS)}.",
         "Methods ([pipe] of the ops; vector ops [V] work on UB views only; the cube [M] reads L0A x L0B "
-        "into L0C; copy paths are listed in the machine brief):",
-        *_method_lines(),
+        "into L0C; copy moves only along the machine's data paths, e.g. GM->L1->L0A/L0B, L0C->UB->GM):",
+        *_method_lines(detail),
         "Rules the sandbox enforces (violations are rejected before running):",
         f"  imports: only {', '.join(sorted(policy.ALLOWED_IMPORTS))} and 'from {policy.DSL_MODULE} import "
         f"{', '.join(sorted(policy.DSL_PUBLIC_NAMES))}' (no numpy: nothing computes outside ops).",
