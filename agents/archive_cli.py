@@ -1,4 +1,4 @@
-"""`cubepilot archive ...`: read the recorded runs (ls, show, lineage, export, diff, leaderboard)."""
+"""`cubepilot archive ...`: read the recorded runs (ls, show, calls, lineage, export, diff, leaderboard)."""
 from __future__ import annotations
 
 import json
@@ -13,7 +13,7 @@ from rich.table import Table
 
 from strategies.archive import Archive
 
-archive_app = typer.Typer(help="Look at recorded runs: ls, show, lineage, export, diff, leaderboard.",
+archive_app = typer.Typer(help="Look at recorded runs: ls, show, calls, lineage, export, diff, leaderboard.",
                           no_args_is_help=True)
 console = Console()
 ARCHIVE_OPTION = typer.Option(Path(".cubepilot") / "archive.sqlite", "--archive", help="archive SQLite file")
@@ -52,30 +52,108 @@ def ls(archive: Path = ARCHIVE_OPTION) -> None:
 
 @archive_app.command("show")
 def show(run_id: str, archive: Path = ARCHIVE_OPTION, top: int = typer.Option(10, help="rows to show"),
-         kernel: bool = typer.Option(False, "--kernel", help="print the best kernel's source too")) -> None:
-    """The best kernels of a run, with strategy, figures and status counts."""
+         kernel: bool = typer.Option(False, "--kernel", help="print the best kernel's source too"),
+         calls: bool = typer.Option(False, "--calls", help="list every model call too (prompts and answers: "
+                                    "`cubepilot archive calls RUN`)")) -> None:
+    """The best kernels of a run: strategy, who wrote each kernel (role, model, how), figures,
+    status counts, model spend and the strategies' predicted against measured speed-ups."""
     store = _open(archive)
     rows = _run_rows(store, run_id)
     config = store.run_config(run_id)
+    origins = store.origins(run_id)
     ok = sorted((r for r in rows if r.result.ok), key=lambda r: r.result.time_ns)
     statuses: dict[str, int] = {}
     for r in rows:
         statuses[r.result.status.value] = statuses.get(r.result.status.value, 0) + 1
     console.print(f"run [bold]{run_id}[/]: {config.task} on {config.machine} at {config.shape}, seed {config.seed}, "
                   f"{len(rows)}/{config.budget} evaluations; " + ", ".join(f"{k} {v}" for k, v in statuses.items()))
+    spend = store.spend(run_id)
+    if spend["calls"]:
+        console.print(f"model calls: {spend['calls']}, {spend['tokens_in']:,} tokens in, {spend['tokens_out']:,} out, "
+                      f"${spend['cost_usd']:.4f}; " + "; ".join(
+                          f"{b['role']} {escape(b['model'])}: {b['calls']} calls ${b['cost_usd']:.4f}" for b in spend["by"]),
+                      highlight=False)
     table = Table(box=box.SIMPLE_HEAD)
-    for col in ("#", "strategy", "origin", "TFLOP/s", "% roofline", "bottleneck", "knobs"):
+    for col in ("#", "strategy", "origin", "written by", "TFLOP/s", "% roofline", "bottleneck", "knobs / techniques"):
         table.add_column(col)
     for r in ok[:top]:
-        knobs = " ".join(f"{k}={v}" for k, v in sorted(r.strategy.knobs.items()))
-        table.add_row(str(r.seq), f"{r.strategy.family} {r.strategy.id}", r.strategy.origin, f"{r.result.tflops:.1f}",
-                      f"{r.result.pct_of_roofline:.1f}", r.result.bottleneck, knobs)
+        table.add_row(f"{r.seq}" + (f".{r.attempt}" if r.attempt else ""), f"{r.strategy.family} {r.strategy.id}",
+                      r.strategy.origin, escape(_written_by(r.strategy, origins.get((r.seq, r.attempt)))),
+                      f"{r.result.tflops:.1f}", f"{r.result.pct_of_roofline:.1f}", r.result.bottleneck,
+                      escape(_knobs_or_techniques(r.strategy)))
     console.print(table)
+    _print_predictions(store, run_id, rows)
     if ok:
         best = ok[0]
-        console.print(f"best: {best.strategy.plan}\n{best.result.roofline}", highlight=False)
+        console.print(f"best: {best.strategy.plan}\n{best.result.roofline}", highlight=False, markup=False)
         if kernel:
             console.print(store.source(best.kernel_hash), highlight=False, markup=False)
+    if calls:
+        _print_calls(store, run_id, full=False)
+
+
+def _written_by(strategy, origin) -> str:
+    """strategy author -> kernel author (role, how): the lineage of a kernel to who made it."""
+    planner = strategy.author.split(":", 1)[-1] if strategy.author != "builtin" else "builtin"
+    if origin is None:
+        return planner
+    if planner == origin.author == "builtin":
+        return "builtin" + (" fixer" if origin.role == "fixer" else "")
+    return f"{planner} -> {origin.role} {origin.author} ({origin.mode})"
+
+
+def _knobs_or_techniques(strategy) -> str:
+    if strategy.techniques:
+        return "; ".join(strategy.techniques)
+    return " ".join(f"{k}={v}" for k, v in sorted(strategy.knobs.items()))
+
+
+def _print_predictions(store: Archive, run_id: str, rows) -> None:
+    predictions = store.predictions(run_id)
+    if not predictions:
+        return
+    plans = {r.strategy.id: r.strategy for r in rows}
+    table = Table(title="Predicted vs measured speed-up over the first parent", box=box.SIMPLE_HEAD)
+    for col in ("#", "strategy", "attacks", "predicted", "measured", "plan"):
+        table.add_column(col)
+    for p in predictions[-12:]:
+        measured = "failed" if p.measured is None else f"{p.measured:.2f}x"
+        plan = plans[p.strategy_id].plan if p.strategy_id in plans else ""
+        table.add_row(f"{p.seq}" + (f".{p.attempt}" if p.attempt else ""), p.strategy_id, escape(p.bottleneck),
+                      f"{p.predicted:.2f}x", measured, escape(plan[:70]))
+    console.print(table)
+
+
+def _print_calls(store: Archive, run_id: str, full: bool, seq: int | None = None) -> None:
+    from agents.llm.records import CallRecord
+
+    table = Table(title=f"Model calls of run {run_id}", box=box.SIMPLE_HEAD)
+    for col in ("n", "step", "role", "model", "tokens in/out", "$", "s", "result"):
+        table.add_column(col)
+    for c in store.calls(run_id, seq):
+        table.add_row(str(c.n), f"{c.seq}.{c.attempt}", c.role, escape(c.model), f"{c.tokens_in}/{c.tokens_out}",
+                      f"{c.cost_usd:.5f}", f"{c.latency_s:.1f}", escape(c.error or "ok"))
+    console.print(table)
+    if not full:
+        return
+    for c in store.calls(run_id, seq):
+        record = CallRecord.from_json(c.record)
+        console.rule(f"call {c.n}: step {c.seq}.{c.attempt}, {c.role}, {c.model}")
+        for message in record.messages:
+            console.print(f"[bold]{message.get('role')}[/]:", highlight=False)
+            console.print(str(message.get("content", "")), highlight=False, markup=False)
+        console.print("[bold]answer[/]:" if record.ok else f"[bold red]failed[/]: {escape(record.error)}", highlight=False)
+        console.print(record.response, highlight=False, markup=False)
+
+
+@archive_app.command("calls")
+def calls_cmd(run_id: str, archive: Path = ARCHIVE_OPTION,
+              step: int = typer.Option(None, "--step", help="only the calls made for this step (seq)"),
+              full: bool = typer.Option(False, "--full", help="print every prompt and answer in full")) -> None:
+    """A run's model calls: role, model, tokens, cost, latency and outcome; --full adds the prompts and answers."""
+    store = _open(archive)
+    _run_rows(store, run_id)
+    _print_calls(store, run_id, full, step)
 
 
 @archive_app.command("lineage")
