@@ -427,11 +427,26 @@ def test_replay_reproduces_a_recorded_run_offline(monkeypatch: pytest.MonkeyPatc
     monkeypatch.delenv(KEY_ENV)
     replayer, replayed = make_client(replay=MemoryCache(recorded))
     assert [ask(replayer, settings, p) for p in prompts] == first
-    assert len(fake.requests) == 5 and len(replayed) == len([r for r in recorded if r.ok]) == 4
-    assert all(r.replayed for r in replayed)
-    assert [(r.tokens_in, r.tokens_out, r.cost_usd, r.response) for r in replayed] == \
-           [(r.tokens_in, r.tokens_out, r.cost_usd, r.response) for r in recorded if r.ok]
+    assert len(fake.requests) == len(recorded) == len(replayed) == 5  # json_schema refused, a re-ask
+    assert all(r.replayed for r in replayed) and not any(r.replayed for r in recorded)
+    same = ("messages", "response", "tokens_in", "tokens_out", "cost_usd", "cache_key", "structured", "error")
+    assert [[getattr(r, f) for f in same] for r in replayed] == [[getattr(r, f) for f in same] for r in recorded]
     assert replayer.ledger.totals()["dollars"] == pytest.approx(live.ledger.totals()["dollars"])
+
+
+def test_replay_fails_where_the_recording_failed(fake: FakeLLM) -> None:
+    fake.push(Reply("down", status=503), Reply(GOOD))
+    live, recorded = make_client(max_consecutive_failures=2)
+    settings = settings_for(fake, max_retries=0)
+    with pytest.raises(ProviderError):
+        ask(live, settings)
+    assert ask(live, settings).value == 7
+    replayer, replayed = make_client(replay=MemoryCache(recorded), max_consecutive_failures=2)
+    with pytest.raises(ProviderError, match="replayed failure.*http_503"):
+        ask(replayer, settings)
+    assert ask(replayer, settings).value == 7
+    assert [r.error[:8] for r in replayed] == [r.error[:8] for r in recorded] == ["http_503", ""]
+    assert len(fake.requests) == 2
 
 
 def test_replay_miss(fake: FakeLLM) -> None:

@@ -116,11 +116,13 @@ def test_ledger_reserve_settle_release_and_wall_clock() -> None:
     assert estimate_tokens("") == 0 and estimate_tokens("abcde") == 2
 
 
-def test_memory_cache_answers_in_order_and_skips_failures() -> None:
+def test_memory_cache_answers_in_recorded_order() -> None:
     cache = MemoryCache([_record(response="one"), _record(response="", error="timeout: x"),
                          _record(response="two")])
-    assert len(cache) == 2
-    assert [cache.get("k1").text, cache.get("k1").text, cache.get("k1")] == ["one", "two", None]
+    assert len(cache) == 3
+    got = [cache.get("k1") for _ in range(4)]
+    assert [(g.text, g.error) for g in got[:3]] == [("one", ""), ("", "timeout: x"), ("two", "")]
+    assert got[3] is None
     settings = ModelSettings(name="d", model="m", base_url="http://h/v1")
     msgs = [{"role": "user", "content": "q"}]
     assert cache_key(settings, msgs, None, "text") == cache_key(settings, list(msgs), None, "text")

@@ -23,6 +23,7 @@ class CachedResponse:
     cost_usd: float
     served_model: str = ""
     finish_reason: str = ""
+    error: str = ""  # a recorded failure ("<kind>: <text>"), replayed as that failure
 
 
 @runtime_checkable
@@ -50,18 +51,18 @@ def cache_key(settings: ModelSettings, messages: Sequence[dict], schema: dict | 
 
 
 class MemoryCache:
-    """In-memory ResponseCache; built from recorded calls (failed ones skipped), it
-    answers the n-th identical prompt with the n-th recorded answer."""
+    """In-memory ResponseCache built from recorded calls: the n-th identical prompt gets
+    the n-th recorded outcome. Failed calls are kept, so a replay fails where the recorded
+    run failed (a live cache skips them)."""
 
     def __init__(self, entries: Iterable[CallRecord] = ()) -> None:
         self._lock = threading.Lock()
         self._entries: dict[str, list[CachedResponse]] = defaultdict(list)
         self._read: dict[str, int] = defaultdict(int)
         for record in entries:
-            if record.ok:
-                self._entries[record.cache_key].append(CachedResponse(
-                    record.response, record.tokens_in, record.tokens_out, record.cost_usd,
-                    record.served_model, record.finish_reason))
+            self._entries[record.cache_key].append(CachedResponse(
+                record.response, record.tokens_in, record.tokens_out, record.cost_usd,
+                record.served_model, record.finish_reason, record.error))
 
     def __len__(self) -> int:
         with self._lock:

@@ -254,8 +254,12 @@ class LLMClient:
             key = cache_key(settings, sent, schema, mode)
             if self._cache is not None:
                 hit = self._cache.get(key)
+                while hit is not None and hit.error:  # a live cache serves answers, not failures
+                    hit = self._cache.get(key)
                 if hit is not None:
-                    return self._from_store(settings, role, sent, key, mode, hit, charge=False)
+                    answer = self._from_store(settings, role, sent, key, mode, hit, charge=False)
+                    assert answer is not None
+                    return answer
             try:
                 answer = self._send(settings, role, sent, key, mode, schema, schema_name)
             except openai.APIStatusError as err:
@@ -279,17 +283,33 @@ class LLMClient:
             key = cache_key(settings, sent, schema, mode)
             first_key = first_key or key
             hit = self._replay.get(key)
-            if hit is not None:
+            if hit is None:
+                continue
+            answer = self._from_store(settings, role, sent, key, mode, hit, charge=True)
+            if answer is not None:
                 if settings.structured == "auto" and schema is not None:
                     self._modes[(settings.base_url, settings.model)] = mode
-                return self._from_store(settings, role, sent, key, mode, hit, charge=True)
+                return answer
         raise ReplayMiss(role, settings.name, first_key)
 
     def _from_store(self, settings: ModelSettings, role: str, sent: list[dict], key: str, mode: str,
-                    hit: CachedResponse, charge: bool) -> _Answer:
+                    hit: CachedResponse, charge: bool) -> _Answer | None:
         """An answer from the replay store (charged at its recorded cost, so a replayed run
-        meets its budgets where the original did) or the cache (no money spent: cost 0)."""
+        meets its budgets where the original did) or the cache (no money spent: cost 0).
+        A recorded failure happens again: a rejected response_format returns None (the
+        caller falls back to the next mode, as the recorded run did), others raise."""
         reservation = self.ledger.reserve(settings, estimate_prompt_tokens(sent))
+        if hit.error:
+            failure = CallRecord(
+                role=role, model=settings.name, served_model=hit.served_model or settings.model,
+                messages=tuple(sent), response="", tokens_in=0, tokens_out=0, tokens_estimated=False,
+                latency_s=0.0, cost_usd=0.0, cache_key=key, structured=mode, error=hit.error,
+                replayed=True, attempts=0)
+            self.ledger.release(reservation, failure)
+            self._emit(failure)
+            if hit.error.startswith("unsupported_format"):
+                return None
+            raise self._replayed_error(settings, hit.error)
         record = CallRecord(
             role=role, model=settings.name, served_model=hit.served_model or settings.model,
             messages=tuple(sent), response=hit.text, tokens_in=hit.tokens_in, tokens_out=hit.tokens_out,
@@ -411,6 +431,18 @@ class LLMClient:
         return (f"deadline: model {settings.name!r} at {settings.base_url} gave no answer within "
                 f"timeout_s = {settings.timeout_s:g} s ({state.attempts} attempts); raise timeout_s "
                 "for slow models or check the server")
+
+    @staticmethod
+    def _replayed_error(settings: ModelSettings, error: str) -> Exception:
+        """The exception a recorded failure raised, raised again in replay (so a replayed run
+        redraws, or stops as provider-down, where the recorded one did)."""
+        kind = error.split(":", 1)[0]
+        text = f"replayed failure of model {settings.name!r}: {error}"
+        status = int(kind[5:]) if kind.startswith("http_") and kind[5:].isdigit() else None
+        if status is not None and status < 500 and status not in (408, 409, 429):
+            context = any(word in error.lower() for word in _CONTEXT_WORDS)
+            return ContextOverflow(text) if context else LLMConfigError(text)
+        return ProviderError(text)
 
     def _classify(self, settings: ModelSettings, err: openai.APIStatusError, state: _CallState,
                   record: CallRecord) -> Exception:
