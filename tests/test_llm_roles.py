@@ -118,10 +118,11 @@ def python(source: str, note: str = "Deepen the ring.") -> str:
     return f"{note}\n```python\n{source}```\n"
 
 
-pytestmark = pytest.mark.unit
+unit = pytest.mark.unit          # every test here but the one through the real client
 
 
 # ------------------------------------------------------------------ strategist
+@unit
 def test_initial_is_the_library_without_a_model_call(rng):
     client = ScriptedClient([])
     ctx = make_context()
@@ -132,6 +133,7 @@ def test_initial_is_the_library_without_a_model_call(rng):
     assert client.calls == []
 
 
+@unit
 def test_valid_strategy_json(rng):
     ctx = make_context()
     client = ScriptedClient([answer(ctx)])
@@ -147,6 +149,7 @@ def test_valid_strategy_json(rng):
     assert parent.id in call.messages[-1]["content"]
 
 
+@unit
 def test_crossover_of_two_elites(rng):
     ctx = make_context()
     ids = [s.id for s, _ in sorted(ctx.elites.cells.values(), key=lambda sr: sr[1].time_ns)[:2]]
@@ -156,6 +159,7 @@ def test_crossover_of_two_elites(rng):
     assert strategy.knobs == {**FAMILIES["sgemm_cube_otf"].defaults(), "SPLIT_SLOTS": 3}
 
 
+@unit
 @pytest.mark.parametrize("bad, complaint", [
     ({"parents": ["feedfacecafe"]}, "unknown parent id 'feedfacecafe'"),
     ({"family": "sgemm_magic"}, "unknown family 'sgemm_magic'"),
@@ -174,6 +178,7 @@ def test_invalid_strategy_is_reasked_with_the_reason(rng, bad, complaint):
     assert complaint in client.calls[1].messages[-1]["content"]
 
 
+@unit
 def test_tried_signature_is_reasked(rng):
     ctx = make_context()
     first = LLMStrategist(ScriptedClient([answer(ctx)]), fixed(SETTINGS)).propose(ctx, rng)
@@ -183,6 +188,7 @@ def test_tried_signature_is_reasked(rng):
     assert "already tried" in client.errors[0] and second.knobs["GROUP"] == 4
 
 
+@unit
 def test_custom_strategy_without_knobs(rng):
     ctx = make_context()
     client = ScriptedClient([answer(ctx, family="custom", knobs={}, techniques=["stream-K"])])
@@ -190,6 +196,7 @@ def test_custom_strategy_without_knobs(rng):
     assert strategy.family == "custom" and strategy.knobs == {} and strategy.tags["techniques"] == "stream-K"
 
 
+@unit
 def test_three_bad_answers_are_a_role_error(rng):
     ctx = make_context()
     client = ScriptedClient(["not json"] * 3)
@@ -198,6 +205,7 @@ def test_three_bad_answers_are_a_role_error(rng):
     assert isinstance(info.value, RoleError) and len(client.calls) == 3
 
 
+@unit
 def test_the_picker_chooses_the_model_per_call(rng):
     ctx = make_context()
     other = SETTINGS.model_copy(update={"name": "big"})
@@ -216,6 +224,7 @@ def strategy_for(family: str = "sgemm_cube"):
         update={"author": "strategist:fake", "plan": "triple-buffer the L1 panels", "origin": "mutation"})
 
 
+@unit
 def test_full_answer(rng):
     ctx, strategy = strategy_for()
     new = PARENT.replace("GROUP = 2 ", "GROUP = 4 ")
@@ -227,6 +236,7 @@ def test_full_answer(rng):
     assert "## Parent kernel" in user and "## DSL reference" in user and "triple-buffer" in user
 
 
+@unit
 def test_diff_answer(rng):
     ctx, strategy = strategy_for()
     text = ("Bands of four.\n<<<<<<< SEARCH\nGROUP = 2                  # block swizzle\n=======\n"
@@ -236,6 +246,7 @@ def test_diff_answer(rng):
     assert draft.source.replace("GROUP = 4", "GROUP = 2") == PARENT
 
 
+@unit
 def test_edit_that_does_not_apply_gets_one_repair_turn(rng):
     ctx, strategy = strategy_for()
     wrong = "<<<<<<< SEARCH\nGROUP = 3  # swizzle\n=======\nGROUP = 4\n>>>>>>> REPLACE\n"
@@ -248,6 +259,7 @@ def test_edit_that_does_not_apply_gets_one_repair_turn(rng):
     assert "closest region" in repair[-1]["content"] and "GROUP = 2" in repair[-1]["content"]
 
 
+@unit
 def test_edits_failing_twice_give_up(rng):
     ctx, strategy = strategy_for()
     wrong = "<<<<<<< SEARCH\nGROUP = 3  # swizzle\n=======\nGROUP = 4\n>>>>>>> REPLACE\n"
@@ -257,6 +269,7 @@ def test_edits_failing_twice_give_up(rng):
     assert len(client.calls) == 2
 
 
+@unit
 def test_child_identical_to_parent_is_no_change(rng):
     ctx, strategy = strategy_for()
     same = "# a comment the parent lacks\n" + PARENT.replace("    return counter", "    return (counter)")
@@ -265,6 +278,7 @@ def test_child_identical_to_parent_is_no_change(rng):
         LLMCoder(client, fixed(SETTINGS), fixed("full")).implement(strategy, PARENT, ctx, rng)
 
 
+@unit
 def test_kernel_already_evaluated_is_no_change(rng):
     ctx, strategy = strategy_for()
     new = PARENT.replace("GROUP = 2 ", "GROUP = 4 ")
@@ -273,6 +287,7 @@ def test_kernel_already_evaluated_is_no_change(rng):
         LLMCoder(ScriptedClient([python(new)]), fixed(SETTINGS), fixed("full")).implement(strategy, PARENT, ctx, rng)
 
 
+@unit
 def test_library_strategy_without_parent_starts_from_the_rendered_reference(rng):
     ctx, strategy = strategy_for()
     rendered = FAMILIES["sgemm_cube"].implement(strategy)
@@ -283,6 +298,7 @@ def test_library_strategy_without_parent_starts_from_the_rendered_reference(rng)
     assert "library reference kernel" in client.calls[0].messages[-1]["content"]
 
 
+@unit
 def test_custom_strategy_from_scratch_forces_full_mode(rng):
     ctx, strategy = strategy_for()
     custom = strategy.model_copy(update={"family": "custom", "knobs": {}, "tags": {"family": "custom"}})
@@ -293,6 +309,7 @@ def test_custom_strategy_from_scratch_forces_full_mode(rng):
     assert "## Parent kernel" not in user and "```python block" in user
 
 
+@unit
 def test_missing_or_broken_code_is_reasked(rng):
     ctx, strategy = strategy_for()
     new = PARENT.replace("GROUP = 2 ", "GROUP = 4 ")
@@ -304,6 +321,7 @@ def test_missing_or_broken_code_is_reasked(rng):
     assert "no complete ```python block" in client.errors[0] and "does not parse: line 2" in client.errors[1]
 
 
+@unit
 def test_model_output_is_text_never_run(rng, tmp_path):
     ctx, strategy = strategy_for()
     marker = tmp_path / "ran"
@@ -313,6 +331,7 @@ def test_model_output_is_text_never_run(rng, tmp_path):
     assert draft.source == hostile and not marker.exists()
 
 
+@unit
 def test_roles_never_exec_or_import_model_output():
     """No call that runs or imports code anywhere in the modules that handle model output."""
     banned_names = {"exec", "eval", "compile", "__import__"}
@@ -337,6 +356,7 @@ def failed_draft():
     return Draft(source=source, role="coder", author="fake", mode="full", parent_kernel=source_hash(PARENT))
 
 
+@unit
 def test_fixer_repairs_with_the_structured_failure(rng):
     ctx, strategy = strategy_for()
     draft = failed_draft()
@@ -353,6 +373,7 @@ def test_fixer_repairs_with_the_structured_failure(rng):
     assert "## DSL reference" in user
 
 
+@unit
 def test_fixer_reasks_an_unchanged_kernel_and_gives_up_quietly(rng):
     ctx, strategy = strategy_for()
     draft = failed_draft()
@@ -362,6 +383,7 @@ def test_fixer_reasks_an_unchanged_kernel_and_gives_up_quietly(rng):
     assert len(client.calls) == 3 and "unchanged" in client.errors[0]
 
 
+@unit
 def test_fixer_leaves_evaluator_errors_alone(rng):
     ctx, strategy = strategy_for()
     client = ScriptedClient([])

@@ -181,6 +181,16 @@ def _check_type(family: Family, name: str, value: Any, default: Any) -> None:
 
 
 # ------------------------------------------------------------------ coder
+@dataclass(frozen=True)
+class CodeAnswer:
+    """A parsed coder or fixer answer: full source, or edits still to apply."""
+    mode: str
+    source: str = ""
+    edits: tuple[Edit, ...] = ()
+    note: str = ""
+    text: str = ""
+
+
 class LLMCoder:
     name = "llm"
 
@@ -204,21 +214,23 @@ class LLMCoder:
             answer = self.client.ask(asked, "coder", messages, parse_code if mode == "full" else parse_diff)
             mode, source = answer.mode, answer.source
             if answer.edits:
-                source = self._apply(asked, messages, base, answer, prompt.context_tokens)
+                mode, source = self._apply(asked, messages, base, answer, prompt.context_tokens)
         except MalformedOutput as err:
             raise UnusableAnswer(str(err)) from err
         child = ast_hash(source)
         if parent is not None and child == ast_hash(parent):
             raise NoChange("the kernel is its parent again (same program up to formatting and comments)")
-        if child in ctx.seen_ast and not (is_reference and child == ast_hash(base)):
+        if child in ctx.seen_ast:
             raise NoChange("this kernel was evaluated before (same program up to formatting and comments)")
         return Draft(source=source, role="coder", author=settings.name, mode=mode,
                      parent_kernel=source_hash(base) if base is not None else "", note=answer.note)
 
-    def _apply(self, settings, messages: list[dict], base: str, answer: "CodeAnswer", context_tokens: int) -> str:
-        """The edits applied to the parent; one repair turn when a block matches nowhere."""
+    def _apply(self, settings, messages: list[dict], base: str, answer: CodeAnswer,
+               context_tokens: int) -> tuple[str, str]:
+        """(mode, source): the edits applied to the parent; one repair turn when a block
+        matches nowhere (its answer may also be the whole module)."""
         try:
-            return apply_edits(base, list(answer.edits))
+            return "diff", apply_edits(base, list(answer.edits))
         except EditError as err:
             failure = err
         repair = messages + [
@@ -231,21 +243,11 @@ class LLMCoder:
         retry = settings if room >= settings.max_tokens else settings.model_copy(update={"max_tokens": room})
         again = self.client.ask(retry, "coder", repair, parse_diff)
         if not again.edits:
-            return again.source
+            return again.mode, again.source
         try:
-            return apply_edits(base, list(again.edits))
+            return "diff", apply_edits(base, list(again.edits))
         except EditError as err:
             raise EditsDidNotApply(f"{err} (after a repair turn)\n{err.explain()}") from err
-
-
-@dataclass(frozen=True)
-class CodeAnswer:
-    """A parsed coder or fixer answer: full source, or edits still to apply."""
-    mode: str
-    source: str = ""
-    edits: tuple[Edit, ...] = ()
-    note: str = ""
-    text: str = ""
 
 
 _FENCE_START = re.compile(r"^\s*(```|<{5,9}\s*SEARCH)", re.MULTILINE)
