@@ -446,6 +446,7 @@ def test_replay_fails_where_the_recording_failed(fake: FakeLLM) -> None:
         ask(replayer, settings)
     assert ask(replayer, settings).value == 7
     assert [r.error[:8] for r in replayed] == [r.error[:8] for r in recorded] == ["http_503", ""]
+    assert replayer.consecutive_failures == live.consecutive_failures == 0
     assert len(fake.requests) == 2
 
 

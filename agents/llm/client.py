@@ -317,6 +317,7 @@ class LLMClient:
             cache_key=key, structured=mode, error="", replayed=True, finish_reason=hit.finish_reason,
             attempts=0)
         self.ledger.settle(reservation, record)
+        self._provider_answered()
         self._emit(record)
         return _Answer(hit.text, mode, hit.finish_reason)
 
@@ -392,8 +393,7 @@ class LLMClient:
             cache_key=key, structured=mode, error="", replayed=False,
             finish_reason=choice.finish_reason or "", attempts=state.attempts)
         self.ledger.settle(reservation, record)
-        with self._lock:
-            self._failures = 0
+        self._provider_answered()
         self._emit(record)
         if self._cache is not None:
             self._cache.put(key, CachedResponse(text, tokens_in, tokens_out, record.cost_usd,
@@ -401,6 +401,11 @@ class LLMClient:
         return _Answer(text, mode, record.finish_reason)
 
     # -- helpers -------------------------------------------------------------------------
+
+    def _provider_answered(self) -> None:
+        """Any answer resets the count of provider failures in a row."""
+        with self._lock:
+            self._failures = 0
 
     def _emit(self, record: CallRecord) -> None:
         if self._record is not None:
