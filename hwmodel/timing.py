@@ -4,12 +4,14 @@ Each op waits for its pipe, for the scalar unit to issue it, and for the buffers
 touches (read-after-write, write-after-read, write-after-write); overlap between pipes
 therefore emerges from double buffering. GM transfers are processed across cores in
 simulated time order: an LRU L2 tracks which GM sectors of each block of a tensor are
-resident (exactly what a transfer paid for, no more), hits and misses are charged at the
-per-core link rate or at the core's fair share of L2/HBM bandwidth, whichever is lower.
+resident (exactly what a transfer paid for, no more). The chip's HBM and L2 bandwidth are
+each one resource shared by every transfer of every core and pipe (reads and writes): a
+transfer moves at its per-core link rate or at what the others leave, whichever is lower.
 """
 from __future__ import annotations
 
 import heapq
+from bisect import bisect_right
 from collections import OrderedDict, Counter
 from itertools import chain
 from dataclasses import dataclass, field
@@ -37,6 +39,9 @@ class TimingResult:
     hbm_bytes: int
     active_cores: int
     timeline: tuple[tuple[int, str, float, float], ...] = field(default=(), repr=False)  # (op index, pipe, start, end) of one core
+    # with record_transfers: every GM transfer as (core, pipe, start, end, HBM bytes, L2 bytes) in cycles;
+    # every GM byte crosses L2, misses and writes also HBM
+    transfers: tuple[tuple[int, str, float, float, int, int], ...] = field(default=(), repr=False)
 
     @property
     def l2_hit_rate(self) -> float:
@@ -56,7 +61,7 @@ class _GmAccess:
     and marks exactly the sectors it charged, so hit bytes = resident & touched bits x sector bytes.
     """
 
-    __slots__ = ("blocks", "is_write", "charged_bytes", "path_bpc", "setup", "pipe_index")
+    __slots__ = ("blocks", "is_write", "charged_bytes", "path_bpc", "setup", "pipe_index", "hit_cap", "miss_cap")
 
     def __init__(self, op: Op, machine: MachineSpec, tensor_index: dict[int, int], base_shape: tuple[int, ...]):
         (dst,), (src,) = op.dst, op.src
@@ -67,6 +72,8 @@ class _GmAccess:
         self.setup = path.setup_cycles
         self.pipe_index = machine.pipes.index(path.pipe)
         gm = machine.gm
+        self.hit_cap = min(path.bytes_per_cycle, gm.core_l2_bytes_per_cycle)     # this core's link, L2 hits
+        self.miss_cap = min(path.bytes_per_cycle, gm.core_hbm_bytes_per_cycle)   # misses and writes
         sector, per_block, s0, s1, blocks_per_row = _sector_geometry(view, gm, base_shape)
         runs = _row_runs(view.offset[:-1], view.extent[:-1], base_shape[:-1])
         self.charged_bytes = sum(r1 - r0 for r0, r1 in runs) * (s1 - s0) * sector
@@ -85,6 +92,88 @@ class _GmAccess:
                 for cb, cols in col_masks:
                     blocks.append(((tensor << 40) | (rb * blocks_per_row + cb), rows * cols))
         self.blocks = tuple(blocks)
+
+
+_NEVER = float("inf")
+
+
+class _Bandwidth:
+    """The chip's HBM and L2 bandwidth over simulated time, shared by every transfer of every core.
+
+    Usage is piecewise constant: segment i is [times[i], times[i+1]) (the last runs to infinity)
+    with hbm[i] and l2[i] bytes/cycle in use. A transfer takes, from its start, whatever is left
+    of its resources up to its own rate cap (per-core link, DMA), segment by segment, until its
+    bytes are moved; so the sum over all transfers never exceeds either capacity, and a
+    transfer waits (rate 0) while the resource is full. Every GM byte crosses L2; misses and
+    writes also cross HBM. Deterministic: transfers are placed in the engine's processing order.
+    """
+
+    __slots__ = ("times", "hbm", "l2", "hbm_cap", "l2_cap", "_eps")
+
+    def __init__(self, hbm_bytes_per_cycle: float, l2_bytes_per_cycle: float):
+        self.times = [0.0]
+        self.hbm = [0.0]
+        self.l2 = [0.0]
+        self.hbm_cap = hbm_bytes_per_cycle
+        self.l2_cap = l2_bytes_per_cycle
+        self._eps = 1e-9 * max(hbm_bytes_per_cycle, l2_bytes_per_cycle)
+
+    def forget_before(self, t: float) -> None:
+        """Drop the segments that end before t (no transfer starts before it any more)."""
+        k = bisect_right(self.times, t) - 1
+        if k > 64:
+            del self.times[:k], self.hbm[:k], self.l2[:k]
+
+    def _split(self, t: float) -> int:
+        """Index of the segment that starts at t (splitting the one containing t)."""
+        times = self.times
+        i = bisect_right(times, t) - 1
+        if times[i] == t:
+            return i
+        times.insert(i + 1, t)
+        self.hbm.insert(i + 1, self.hbm[i])
+        self.l2.insert(i + 1, self.l2[i])
+        return i + 1
+
+    def move(self, t: float, nbytes: float, cap: float, hbm: bool) -> float:
+        """Move nbytes from time t at up to `cap` bytes/cycle (through HBM too when `hbm`);
+        reserve the rate taken and return the time the last byte arrives."""
+        if nbytes <= 0:
+            return t
+        i = self._split(t)
+        times, use_h, use_l = self.times, self.hbm, self.l2
+        hbm_cap, l2_cap, eps = self.hbm_cap, self.l2_cap, self._eps
+        n = len(times)
+        left = nbytes
+        while True:
+            rate = l2_cap - use_l[i]
+            if hbm and hbm_cap - use_h[i] < rate:
+                rate = hbm_cap - use_h[i]
+            if cap < rate:
+                rate = cap
+            if rate <= eps:              # full: wait for the next segment (the last one is always free)
+                i += 1
+                continue
+            a = times[i]
+            end = a + left / rate
+            b = times[i + 1] if i + 1 < n else _NEVER
+            if end < b:
+                if end <= a:             # what is left is below float resolution
+                    return a
+                times.insert(i + 1, end)
+                use_h.insert(i + 1, use_h[i])
+                use_l.insert(i + 1, use_l[i])
+                use_l[i] += rate
+                if hbm:
+                    use_h[i] += rate
+                return end
+            use_l[i] += rate
+            if hbm:
+                use_h[i] += rate
+            left -= rate * (b - a)
+            i += 1
+            if left <= 1e-9 * nbytes:
+                return b
 
 
 def _sector_geometry(view, gm, base_shape: tuple[int, ...]) -> tuple[int, int, int, int, int]:
@@ -186,13 +275,16 @@ def _block_entries(view, base_shape: tuple[int, ...], br: int, per_block: int, s
     return runs * min(rows, -(-(rows - 1) // br) + 1) * col_blocks
 
 
-def simulate_timing(trace: Trace, machine: MachineSpec, timeline_core: int | None = None) -> TimingResult:
-    """Time a trace on the machine. `timeline_core` records that core's per-op intervals."""
+def simulate_timing(trace: Trace, machine: MachineSpec, timeline_core: int | None = None,
+                    record_transfers: bool = False) -> TimingResult:
+    """Time a trace on the machine. `timeline_core` records that core's per-op intervals;
+    `record_transfers` every GM transfer's interval and bytes (TimingResult.transfers)."""
     with paused_gc():
-        return _simulate_timing(trace, machine, timeline_core)
+        return _simulate_timing(trace, machine, timeline_core, record_transfers)
 
 
-def _simulate_timing(trace: Trace, machine: MachineSpec, timeline_core: int | None) -> TimingResult:
+def _simulate_timing(trace: Trace, machine: MachineSpec, timeline_core: int | None,
+                     record_transfers: bool = False) -> TimingResult:
     pipes = list(machine.pipes)
     pipe_idx = {p: i for i, p in enumerate(pipes)}
     tensor_index = {t.id: i for i, t in enumerate(trace.tensors)}
@@ -200,8 +292,8 @@ def _simulate_timing(trace: Trace, machine: MachineSpec, timeline_core: int | No
     active = [c for c, ops in enumerate(trace.ops) if ops]
     n_active = max(1, len(active))
     gm = machine.gm
-    hbm_share = machine.hbm_bytes_per_cycle / n_active
-    l2_share = machine.l2_bytes_per_cycle / n_active
+    bandwidth = _Bandwidth(machine.hbm_bytes_per_cycle, machine.l2_bytes_per_cycle)
+    move = bandwidth.move
     issue = machine.issue_cycles
     s_pipe = pipes.index("S")
     l2_capacity = gm.l2_bytes // (gm.l2_block_rows * gm.l2_block_bytes)
@@ -272,9 +364,10 @@ def _simulate_timing(trace: Trace, machine: MachineSpec, timeline_core: int | No
     position = {c: 0 for c in active}
     finish = {c: 0.0 for c in active}
     timeline: list[tuple[int, str, float, float]] = []
+    transfers: list[tuple[int, str, float, float, int, int]] = []
 
-    def gm_time(access: _GmAccess) -> tuple[float, float]:
-        """Hit and miss bytes of one transfer; L2 residency is tracked per block, row and sector."""
+    def gm_bytes(access: _GmAccess) -> tuple[int, int, int]:
+        """(L2 hit bytes, HBM bytes, latency) of one transfer; L2 residency is tracked per block, row and sector."""
         hit_sectors = 0
         for key, cells in access.blocks:
             resident = l2.pop(key, 0)
@@ -285,16 +378,11 @@ def _simulate_timing(trace: Trace, machine: MachineSpec, timeline_core: int | No
         hit = hit_sectors * sector_bytes
         miss = access.charged_bytes - hit
         if access.is_write:   # write-allocate in L2; the data still goes to HBM
-            nbytes = access.charged_bytes
-            stats["miss"] += nbytes
-            rate = min(access.path_bpc, gm.core_hbm_bytes_per_cycle, hbm_share)
-            return access.setup + nbytes / rate, 0.0
+            stats["miss"] += access.charged_bytes
+            return 0, access.charged_bytes, 0
         stats["hit"] += hit
         stats["miss"] += miss
-        rate_hit = min(access.path_bpc, gm.core_l2_bytes_per_cycle, l2_share)
-        rate_miss = min(access.path_bpc, gm.core_hbm_bytes_per_cycle, hbm_share)
-        latency = gm.hbm_latency_cycles if miss else gm.l2_latency_cycles
-        return access.setup + hit / rate_hit + miss / rate_miss, latency
+        return hit, miss, gm.hbm_latency_cycles if miss else gm.l2_latency_cycles
 
     def run_core(c: int) -> str:
         """Run core c until its next GM transfer (run that one first) or barrier or the end."""
@@ -316,7 +404,7 @@ def _simulate_timing(trace: Trace, machine: MachineSpec, timeline_core: int | No
                 if not first:
                     state = "gm"
                     break
-                cycles, latency = gm_time(access)
+                hit, miss, latency = gm_bytes(access)
             first = False
             s += issue
             bz[s_pipe] += issue
@@ -332,7 +420,13 @@ def _simulate_timing(trace: Trace, machine: MachineSpec, timeline_core: int | No
                 t = rd.get(k, 0.0)
                 if t > start:
                     start = t
-            end = start + cycles
+            if access is None:
+                end = start + cycles
+            else:             # hits cross L2, then misses (and writes) cross HBM and L2, at what is left
+                end = move(move(start + access.setup, hit, access.hit_cap, False), miss, access.miss_cap, True)
+                cycles = end - start
+                if record_transfers:
+                    transfers.append((c, pipes[p], start, end, miss, hit + miss))
             pf[p] = end
             bz[p] += cycles
             for k in reads:
@@ -355,6 +449,8 @@ def _simulate_timing(trace: Trace, machine: MachineSpec, timeline_core: int | No
 
     heap = [(0.0, c) for c in active]
     parked: list[int] = []
+    gm_pipes = sorted({pipe_idx[p.pipe] for p in machine.paths if "GM" in (p.src, p.dst)})
+    pops = 0
     while heap or parked:
         if not heap:  # every live core waits at the barrier
             t = max(max(finish[c], max(pipe_free[c]), s_clock[c]) for c in parked) + machine.barrier_cycles
@@ -368,6 +464,10 @@ def _simulate_timing(trace: Trace, machine: MachineSpec, timeline_core: int | No
             parked = []
             continue
         _, c = heapq.heappop(heap)
+        pops += 1
+        if pops % 256 == 0:              # no core starts a GM transfer before its issue clock and GM pipes allow
+            bandwidth.forget_before(min(max(s_clock[x] + issue, min([pipe_free[x][p] for p in gm_pipes]))
+                                        for x in chain((c,), (x for _, x in heap))))
         state = run_core(c)
         if state == "gm":
             heapq.heappush(heap, (next_start(c), c))
@@ -382,4 +482,4 @@ def _simulate_timing(trace: Trace, machine: MachineSpec, timeline_core: int | No
         cycles=total, time_ns=machine.ns(total), core_time_ns=tuple(machine.ns(x) for x in core_cycles),
         pipe_busy=pipe_busy, bytes_by_path=dict(bytes_by_path), op_counts=dict(op_counts),
         l2_hit_bytes=int(stats["hit"]), hbm_bytes=int(stats["miss"]), active_cores=len(active),
-        timeline=tuple(timeline))
+        timeline=tuple(timeline), transfers=tuple(transfers))

@@ -39,6 +39,9 @@ def test_redteam_kernel_is_rejected(path: Path):
                       EvalConfig(seed=7, limits=LIMITS))
     assert result.status.value == header(path, "expect"), result.message
     if result.ok:   # a correct kernel that games the timing model: it must gain nothing by the trick
+        assert 0 < result.pct_of_roofline <= 100, result.pct_of_roofline
+        if header_line(path, "library") and not header_line(path, "baseline"):
+            return      # a library kernel the model once let beat the machine: within the roofline is the check
         baseline = kernel_source(path).replace(*_knob_line(path))
         plain = evaluate(baseline, task, load_machine("ascend-910a"), shape, EvalConfig(seed=7, limits=LIMITS))
         assert plain.ok and result.time_ns >= plain.time_ns, (result.time_ns, plain.time_ns)
