@@ -225,6 +225,16 @@ def strategy_for(family: str = "sgemm_cube"):
 
 
 @unit
+def test_builtin_strategies_are_rendered_without_a_model_call(rng):
+    ctx = make_context()
+    strategy = FAMILIES["sgemm_cube"].strategy({"SLOTS": 3})
+    client = ScriptedClient([])
+    draft = LLMCoder(client, fixed(SETTINGS), fixed("diff")).implement(strategy, None, ctx, rng)
+    assert draft.source == PARENT and draft.mode == "template" and draft.author == "builtin"
+    assert client.calls == []
+
+
+@unit
 def test_full_answer(rng):
     ctx, strategy = strategy_for()
     new = PARENT.replace("GROUP = 2 ", "GROUP = 4 ")
@@ -234,6 +244,31 @@ def test_full_answer(rng):
     assert draft.parent_kernel == source_hash(PARENT) and draft.note == "Swizzle in bands of 4."
     user = client.calls[0].messages[-1]["content"]
     assert "## Parent kernel" in user and "## DSL reference" in user and "triple-buffer" in user
+
+
+@unit
+def test_full_mode_edits_when_the_parent_and_its_rewrite_do_not_fit(rng):
+    ctx, strategy = strategy_for()
+    small = SETTINGS.model_copy(update={"context_tokens": 3500, "max_tokens": 4096})
+    text = "<<<<<<< SEARCH\nGROUP = 2                  # block swizzle\n=======\nGROUP = 4\n>>>>>>> REPLACE\n"
+    client = ScriptedClient([text])
+    draft = LLMCoder(client, fixed(small), fixed("full")).implement(strategy, PARENT, ctx, rng)
+    assert draft.mode == "diff" and "GROUP = 4" in draft.source
+    user = client.calls[0].messages[-1]["content"]
+    assert "## Parent kernel" in user and ">>>>>>> REPLACE" in user
+    assert client.calls[0].settings.max_tokens < 4096
+
+
+@unit
+def test_edits_are_taken_in_full_mode_and_a_module_in_diff_mode(rng):
+    ctx, strategy = strategy_for()
+    edit = "<<<<<<< SEARCH\nGROUP = 2                  # block swizzle\n=======\nGROUP = 4\n>>>>>>> REPLACE\n"
+    draft = LLMCoder(ScriptedClient([edit]), fixed(SETTINGS), fixed("full")).implement(strategy, PARENT, ctx, rng)
+    assert draft.mode == "diff" and "GROUP = 4" in draft.source
+    new = PARENT.replace("GROUP = 2 ", "GROUP = 8 ")
+    draft = LLMCoder(ScriptedClient([python(new)]), fixed(SETTINGS), fixed("diff")).implement(
+        strategy, PARENT, ctx, rng)
+    assert draft.mode == "full" and draft.source == new
 
 
 @unit

@@ -159,11 +159,15 @@ def test_strategist_prompt_at_4k():
     prompt = strategist_prompt(ctx, SMALL, STRATEGY_SCHEMA)          # fits whole, schema fallback reserved
     user = check_fits(prompt, SMALL, ["Task", "Elites", "Answer format"])
     assert ctx.elites.best()[0].id in user and '"parents": [string x1..2]' in user
-    long_answers = SMALL.model_copy(update={"max_tokens": 2048})
-    prompt = strategist_prompt(ctx, long_answers, STRATEGY_SCHEMA)
-    check_fits(prompt, long_answers, ["Task", "Technique library (seed families and their knob spaces)", "Elites",
-                                      "Bottleneck cards", "Answer format"])
-    assert prompt.dropped == ("machine", "failures", "misses") and prompt.max_tokens == 2048
+    greedy = SMALL.model_copy(update={"max_tokens": 4096})        # asks for the whole context as answer
+    prompt = strategist_prompt(ctx, greedy, STRATEGY_SCHEMA)
+    check_fits(prompt, greedy, ["Task", "Machine", "Elites", "Bottleneck cards", "Answer format"])
+    assert prompt.dropped == () and 1024 <= prompt.max_tokens < 4096  # the answer gives way, not the sections
+    tight = SMALL.model_copy(update={"context_tokens": 3072})
+    prompt = strategist_prompt(ctx, tight, STRATEGY_SCHEMA)
+    check_fits(prompt, tight, ["Task", "Technique library (seed families and their knob spaces)", "Elites",
+                               "Bottleneck cards", "Answer format"])
+    assert prompt.dropped == ("machine", "failures", "misses") and prompt.max_tokens == 1024
 
 
 def test_strategist_prompt_at_128k_keeps_everything():

@@ -107,17 +107,20 @@ def render_sections(role: str, specs: Sequence[SectionSpec], values: dict[str, A
 
 
 def fit(role: str, sections: Sequence[Section], context_tokens: int, max_tokens: int,
-        reserve_tokens: int = 0, floor_tokens: int = OUTPUT_FLOOR_TOKENS) -> Prompt:
+        reserve_tokens: int = 0, floor_tokens: int = OUTPUT_FLOOR_TOKENS, answer_tokens: int | None = None) -> Prompt:
     """Messages (system = the section titled "", user = the rest, in order) that fit
-    `context_tokens` with room for the answer. `reserve_tokens`: what the client may add
-    (a schema in json_object mode). Raises PromptTooLarge when nothing fits."""
+    `context_tokens` with room for the answer. `answer_tokens`: what this answer needs (a
+    whole kernel is longer than a JSON strategy); when the context is tight the answer is
+    cut to that before any section goes. `reserve_tokens`: what the client may add (a
+    schema in json_object mode). Raises PromptTooLarge when nothing fits."""
     room = context_tokens - reserve_tokens - math.ceil(SAFETY * context_tokens)
     level = {s.name: 0 for s in sections}         # variant index; len(variants) = dropped
+    need = min(max_tokens, max(answer_tokens or max_tokens, floor_tokens))
 
     def last(s: Section) -> int:                  # required sections shrink but never go
         return len(s.variants) - 1 if s.required else len(s.variants)
 
-    while _size(sections, level) + max_tokens > room:
+    while _size(sections, level) + need > room:
         movable = [s for s in sections if level[s.name] < last(s)]
         if not movable:
             break
@@ -167,10 +170,21 @@ def schema_reserve(settings, schema: dict | None) -> int:
 
 
 def build(role: str, specs: Sequence[SectionSpec], values: dict[str, Any], settings,
-          schema: dict | None = None) -> Prompt:
+          schema: dict | None = None, answer_tokens: int | None = None) -> Prompt:
     """Render and fit one role's prompt for a model's settings."""
     sections = render_sections(role, specs, values)
-    return fit(role, sections, settings.context_tokens, settings.max_tokens, schema_reserve(settings, schema))
+    return fit(role, sections, settings.context_tokens, settings.max_tokens, schema_reserve(settings, schema),
+               answer_tokens=answer_tokens)
+
+
+STRATEGY_ANSWER_TOKENS = 1024     # a JSON strategy, with room for some reasoning
+EDITS_ANSWER_TOKENS = 1024
+NEW_KERNEL_TOKENS = 2048          # a kernel written from scratch
+
+
+def kernel_answer_tokens(source: str | None) -> int:
+    """What a whole-module answer needs: the kernel it rewrites, a quarter more, and a note."""
+    return NEW_KERNEL_TOKENS if source is None else math.ceil(1.25 * estimate_tokens(source)) + 128
 
 
 # ------------------------------------------------------------------ the three roles
@@ -278,7 +292,7 @@ def strategist_prompt(ctx, settings, schema: dict) -> Prompt:
         "schema": schema_outline(schema),
         "families": [f.name for f in families],
     }
-    return build("strategist", STRATEGIST_SECTIONS, values, settings, schema)
+    return build("strategist", STRATEGIST_SECTIONS, values, settings, schema, STRATEGY_ANSWER_TOKENS)
 
 
 def coder_prompt(ctx, settings, strategy, parent: str | None, mode: str, parent_is_reference: bool) -> Prompt:
@@ -289,7 +303,8 @@ def coder_prompt(ctx, settings, strategy, parent: str | None, mode: str, parent_
               "parent_is_reference": parent_is_reference, "dsl_reference": dsl_reference(),
               "dsl_brief": dsl_reference(detail=False),
               "machine_brief": machine_brief(ctx.machine, ctx.task)}
-    return build("coder", coder_sections(mode, parent is not None), values, settings)
+    need = EDITS_ANSWER_TOKENS if mode == "diff" else kernel_answer_tokens(parent)
+    return build("coder", coder_sections(mode, parent is not None), values, settings, answer_tokens=need)
 
 
 def fixer_prompt(ctx, settings, strategy, draft, result, attempt: int) -> Prompt:
@@ -302,7 +317,7 @@ def fixer_prompt(ctx, settings, strategy, draft, result, attempt: int) -> Prompt
     values = {**_task_values(ctx), "strategy": strategy, "kernel": draft.source, "result": result,
               "feedback": feedback, "attempt": attempt, "mode": "full", "dsl_reference": dsl_reference(),
               "dsl_brief": dsl_reference(detail=False)}
-    return build("fixer", FIXER_SECTIONS, values, settings)
+    return build("fixer", FIXER_SECTIONS, values, settings, answer_tokens=kernel_answer_tokens(draft.source))
 
 
 def _clip(text: str, limit: int) -> str:

@@ -200,6 +200,11 @@ class LLMCoder:
         self.pick_mode = pick_mode
 
     def implement(self, strategy: Strategy, parent: str | None, ctx: Context, rng: np.random.Generator) -> Draft:
+        """A kernel from the model. A builtin strategy (a library strategy or a knob point of
+        one: the initial population) is its family's template, rendered without a model call."""
+        if strategy.author == "builtin" and strategy.family in FAMILIES:
+            return Draft(source=FAMILIES[strategy.family].implement(strategy), role="coder", author="builtin",
+                         mode="template")
         settings = self.pick(rng)
         base, is_reference = parent, False
         if base is None and strategy.family in FAMILIES:
@@ -208,10 +213,14 @@ class LLMCoder:
         if mode not in MODES:
             raise ValueError(f"pick_mode returned {mode!r}; modes are {', '.join(MODES)}")
         prompt = coder_prompt(ctx, settings, strategy, base, mode, is_reference)
+        if "parent" in prompt.dropped:          # no room for the parent and its rewrite: edit it instead
+            mode = "diff"
+            prompt = coder_prompt(ctx, settings, strategy, base, mode, is_reference)
         asked = prompt.settings_for(settings)
         messages = list(prompt.messages)
-        try:
-            answer = self.client.ask(asked, "coder", messages, parse_code if mode == "full" else parse_diff)
+        try:         # a whole module is taken in diff mode, edits in full mode: what counts is a kernel
+            answer = self.client.ask(asked, "coder", messages, parse_code if base is None else
+                                     parse_diff if mode == "diff" else parse_full_or_edits)
             mode, source = answer.mode, answer.source
             if answer.edits:
                 mode, source = self._apply(asked, messages, base, answer, prompt.context_tokens)
@@ -276,6 +285,16 @@ def parse_code(text: str) -> CodeAnswer:
     except SyntaxError as err:
         raise ValueError(f"the kernel does not parse: line {err.lineno}: {err.msg}") from None
     return CodeAnswer(mode="full", source=source, note=_note(text), text=text)
+
+
+def parse_full_or_edits(text: str) -> CodeAnswer:
+    """Full mode with a parent: a whole module, or edits if that is what the model sent."""
+    try:
+        return parse_code(text)
+    except ValueError:
+        if "SEARCH" not in text:
+            raise
+    return parse_diff(text)
 
 
 def parse_diff(text: str) -> CodeAnswer:
