@@ -14,7 +14,7 @@ from hwmodel import numerics
 from hwmodel.dtypes import FLOATS, NUMPY
 from hwmodel.dsl import Trace
 from hwmodel.ops import Op
-from hwmodel.slicing import backward_slice, phases
+from hwmodel.slicing import backward_slice, phases, row_op
 from hwmodel.slicing import index as _index
 from hwmodel.spec import MachineSpec
 from hwmodel.views import View
@@ -83,13 +83,24 @@ def _run(trace: Trace, machine: MachineSpec, gm: dict[int, np.ndarray], cores: s
                 continue
             ops = core_phases[phase]
             if keep is not None:
-                ops = [op for op, kept in zip(ops, keep[phase][core]) if kept]
+                ops = _kept_ops(ops, keep[phase][core])
                 if not ops:
                     continue
             mem.select_core(core, trace.buffers[core])
             for op in ops:
                 _HANDLERS[op.kind](op, mem, machine)
     return coverage(trace)
+
+
+def _kept_ops(ops: list[Op], kept: list) -> list[Op]:
+    """The ops of a slice in replay order: whole ops, and ops restricted to runs of rows."""
+    out = []
+    for op, k in zip(ops, kept):
+        if k is True:
+            out.append(op)
+        elif k:
+            out.extend(row_op(op, r0, r1) for r0, r1 in k)
+    return out
 
 
 def coverage(trace: Trace, cores: set[int] | None = None) -> dict[int, np.ndarray]:

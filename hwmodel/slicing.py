@@ -2,9 +2,12 @@
 
 A numeric replay runs phase by phase, and within a phase core by core; the slice walks
 that order backwards from the chosen GM elements, keeping an op when it writes an element
-still needed, then needing everything it reads (an op that overwrites its whole
-destination without reading it ends that destination's need). Replaying only the kept
-ops, in order, gives the chosen elements bit for bit the values of a full replay.
+still needed, then needing what it reads (an op that overwrites its whole destination
+without reading it ends that destination's need). Ops whose destination rows depend only
+on the same rows of their operands (elementwise ops, per-row reductions, a cube product's
+left operand and accumulator) are kept for just the rows still needed: a few checked rows
+of a tile replay a few rows of its whole K loop. Replaying only the kept ops (rows), in
+order, gives the chosen elements bit for bit the values of a full replay.
 """
 from __future__ import annotations
 
@@ -38,11 +41,62 @@ def _reads_destination(op: Op) -> bool:
     return op.kind == "mma" and op.params[0]
 
 
+# kinds whose destination row i depends only on row i of every source with as many rows
+# (sources of one row broadcast); "random" is not one (its values depend on its origin)
+_ROW_KINDS = frozenset({"copy", "cast", "split_fp16", "fill", "add", "sub", "mul", "div", "max", "min", "adds",
+                        "muls", "maxs", "exp", "abs", "compare", "axpy", "mla", "quantize", "dequantize", "lut",
+                        "reduce_max", "reduce_sum", "mma"})
+MAX_ROW_RUNS = 8   # more runs of needed rows than this: replay the op's rows from the first to the last needed
+
+
+def row_view(v: View, start: int, stop: int) -> View:
+    """Rows start:stop of a view whose visible shape is 2-D (its first visible dimension)."""
+    d = next(i for i, k in enumerate(v.keep) if k)
+    offset, extent = list(v.offset), list(v.extent)
+    offset[d] += start
+    extent[d] = stop - start
+    return View(v.space, v.base, v.slot, tuple(offset), tuple(extent), v.keep, v.dtype)
+
+
+def row_op(op: Op, start: int, stop: int) -> Op:
+    """The op restricted to destination rows start:stop (see row_runs): what a replay runs
+    for an op the slice keeps for some rows only."""
+    rows = op.dst[0].shape[0]
+    if op.kind == "mma":
+        a, b = op.src
+        src = (row_view(a, start, stop), b)
+    else:
+        src = tuple(row_view(v, start, stop) if v.shape[0] == rows else v for v in op.src)
+    return Op(op.kind, tuple(row_view(v, start, stop) for v in op.dst), src, op.params, op.line)
+
+
+def _row_separable(op: Op) -> bool:
+    if op.kind not in _ROW_KINDS or len(op.dst[0].shape) != 2 or op.dst[0].shape[0] < 2:
+        return False
+    if op.kind in ("reduce_max", "reduce_sum") and op.dst[0].shape[1] != 1:
+        return False                   # per-column reductions read every row
+    return all(len(v.shape) == 2 for v in op.dst + op.src)
+
+
+def _runs(rows: np.ndarray) -> tuple[tuple[int, int], ...]:
+    """Runs of consecutive row numbers, as (start, stop); at most MAX_ROW_RUNS of them."""
+    rows = rows.tolist()
+    runs, start = [], rows[0]
+    for prev, row in zip(rows, rows[1:]):
+        if row != prev + 1:
+            runs.append((start, prev + 1))
+            start = row
+    runs.append((start, rows[-1] + 1))
+    return tuple(runs) if len(runs) <= MAX_ROW_RUNS else ((runs[0][0], runs[-1][1]),)
+
+
 def backward_slice(trace: Trace, targets: dict[int, np.ndarray],
-                   per_core: list[list[list[Op]]] | None = None) -> list[list[list[bool]]]:
+                   per_core: list[list[list[Op]]] | None = None) -> list[list[list]]:
     """keep[phase][core][i]: whether op i of that core's phase is needed for the final values of
-    the GM elements marked in `targets` (tensor id -> boolean mask of the tensor's shape).
-    `per_core`: the trace's ops already split by phases(), if the caller has them."""
+    the GM elements marked in `targets` (tensor id -> boolean mask of the tensor's shape):
+    False, True (the whole op), or the runs (start, stop) of destination rows needed (replay
+    each with row_op). `per_core`: the trace's ops already split by phases(), if the caller
+    has them."""
     per_core = per_core if per_core is not None else [phases(ops) for ops in trace.ops]
     n_phases = len(per_core[0]) if per_core else 0
     gm_shapes = {t.id: t.shape for t in trace.tensors}
@@ -79,7 +133,18 @@ def backward_slice(trace: Trace, targets: dict[int, np.ndarray],
                         break
                 else:
                     continue
-                kept[i + 1] = True
+                runs = None
+                if _row_separable(op):
+                    needed = np.zeros(op.dst[0].shape[0], bool)
+                    for v in op.dst:
+                        key = v.key
+                        m = need_gm.get(key) if key < 0 else local.get(key)
+                        if m is not None:
+                            needed |= m[at(v)].reshape(v.shape).any(axis=1)
+                    runs = _runs(np.flatnonzero(needed))
+                    if runs == ((0, len(needed)),):
+                        runs = None
+                kept[i + 1] = runs or True
                 reads_dst = _reads_destination(op)
                 if not reads_dst:
                     for v in op.dst:
@@ -89,11 +154,18 @@ def backward_slice(trace: Trace, targets: dict[int, np.ndarray],
                             m[at(v)] = False
                             if key >= 0 and not m.any():   # fully resolved
                                 del local[key]
-                for v in op.src + (op.dst if reads_dst else ()):
+                if runs is None:
+                    reads = op.src + (op.dst if reads_dst else ())
+                else:                   # the rows needed of every operand read row by row
+                    rows = op.dst[0].shape[0]
+                    whole = (op.src[1],) if op.kind == "mma" else tuple(v for v in op.src if v.shape[0] != rows)
+                    by_rows = tuple(v for v in op.src + (op.dst if reads_dst else ()) if not any(v is w for w in whole))
+                    reads = whole + tuple(row_view(v, r0, r1) for v in by_rows for r0, r1 in runs)
+                for v in reads:
                     key = v.key
                     needs = need_gm if key < 0 else local
                     m = needs.get(key)
                     if m is None:
                         m = needs[key] = np.zeros(gm_shapes[v.base] if key < 0 else buffers[v.base].shape, bool)
-                    m[at(v)] = True
+                    m[at(v) if runs is None else index(v)] = True
     return keep
