@@ -307,7 +307,8 @@ def run(
         run_cli.print_summary(console, result, outcome)
     store.close()
     if outcome.error:
-        fail(outcome.error)
+        from rich.markup import escape
+        Console(stderr=True).print(f"[bold red]error:[/] {escape(outcome.error)}", highlight=False)
     raise typer.Exit(outcome.exit_code)
 
 

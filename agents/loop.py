@@ -23,7 +23,6 @@ from strategies.archive import Archive, RunConfig
 from strategies.evolution import Elites
 from strategies.strategy import Strategy
 
-INITIAL_POPULATION = 8
 MAX_CUT_SHORT = 2       # evaluations of one step that may end with the evaluating process dead
 MAX_DUPLICATE_TRIES = 30
 MAX_EMPTY_STEPS = 5     # steps in a row that yielded no kernel to evaluate before the run gives up
@@ -49,7 +48,7 @@ class RunSummary:
 def evolve(archive: Archive, run_id: str, config: RunConfig, team: Team, evaluate: Evaluate,
            progress: Progress | None = None, make_context: Callable[..., Context] | None = None) -> RunSummary:
     run = RunState.load(archive, run_id, config, make_context)
-    initial = team.strategist.initial(run.context(0), INITIAL_POPULATION, np.random.default_rng([config.seed, 2**31]))
+    initial = team.strategist.initial(run.context(0), team.population, np.random.default_rng([config.seed, 2**31]))
     empty = 0
     while run.evaluations < config.budget:
         first, ctx = run.next_batch, run.context(run.next_batch)   # the archive as it stood when the batch began

@@ -132,6 +132,7 @@ class Team:
     fixer: Fixer
     fix_attempts: int = 1        # fixes tried per failed step (each is an evaluation of the same step)
     learn: Learn | None = None   # told every evaluated step (a bandit over models learns from it)
+    population: int = 8          # size of the first population (the published strategies, then random points)
 
     @property
     def name(self) -> str:

@@ -227,3 +227,85 @@ def interrupted_summary(archive: Archive, run_id: str, on_purpose: bool = True) 
 
 __all__ = ["DEFAULT_ARCHIVE", "Outcome", "RunInputError", "execute", "run_to_end", "settle_config", "start_or_resume",
            "summary_dict", "print_summary"]
+
+
+FAILURE_SHARE = 0.5        # dry-run assumption: half the steps fail and get their fixes
+
+
+def dry_run(console: Console, config: Config, machine: MachineSpec, as_json: bool) -> dict:
+    """What a run would send, and what it would cost: prompt sizes per role from the real
+    prompt builders on the run's first context, calls per step, and the spend of the whole
+    budget, low (answers as long as typical, no re-asks) and high (every answer at max_tokens,
+    every call re-asked as often as allowed). No model is called, nothing is evaluated."""
+    from rich.table import Table
+
+    from agents.llm.ledger import estimate_tokens
+    from agents.llm.prompts import coder_prompt, fixer_prompt, strategist_prompt
+    from agents.llm.roles import STRATEGY_SCHEMA
+    from agents.roles import Draft
+    from strategies.evolution import Elites
+    from strategies.families import families_for
+
+    task = get_task(config.run.task)
+    shape = task.format_shape(task.parse_shape(config.run.shape) if config.run.shape else task.bench_shape)
+    out = {"task": task.name, "machine": machine.name, "shape": shape, "budget": config.run.budget,
+           "backend": config.agents.backend, "roles": []}
+    if config.agents.backend == "builtin":
+        out["cost_usd"] = {"low": 0.0, "high": 0.0}
+        if not as_json:
+            console.print(f"builtin backend: no model calls, no cost; {config.run.budget} evaluations of {task.name} "
+                          f"at {shape} on {machine.name}.", highlight=False)
+        else:
+            print(json.dumps(out))
+        return out
+    run = RunConfig(task=task.name, machine=machine.name, shape=shape, budget=config.run.budget, seed=config.run.seed)
+    seeds = [f.strategy() for f in families_for(task.name)]
+    ctx = default_context(run, machine, config.agents.roofline)(elites=Elites())
+    parent = families_for(task.name)[0].implement(seeds[0])
+    failed = EvalResult(status="wrong", stage="correctness", message="max relative error 3.1e-02 on 'wide' "
+                        "(budget 1.2e-05) at 256x256x256", rule="correctness.budget", task=task.name,
+                        machine=machine.name, shape=shape, source_hash="0" * 32)
+    steps = max(0, config.run.budget - len(seeds))
+    fixes = steps * FAILURE_SHARE * config.run.fix_attempts
+    low = high = 0.0
+    for role, calls in (("strategist", steps), ("coder", steps), ("fixer", fixes)):
+        for arm in config.arms(role):
+            settings = config.models[arm.model]
+            share = arm.weight / sum(a.weight for a in config.arms(role))
+            if role == "strategist":
+                prompt = strategist_prompt(ctx, settings, STRATEGY_SCHEMA)
+                typical = 400
+            elif role == "coder":
+                prompt = coder_prompt(ctx, settings, seeds[0], parent, "full", True)
+                typical = estimate_tokens(parent) + 100
+            else:
+                prompt = fixer_prompt(ctx, settings, seeds[0], Draft(parent, "coder", arm.model, "full"), failed, 1)
+                typical = estimate_tokens(parent) + 100
+            n = calls * share
+            answer = min(typical, prompt.max_tokens)
+            price_in, price_out = (settings.price_in or 0.0) / 1e6, (settings.price_out or 0.0) / 1e6
+            row_low = n * (prompt.prompt_tokens * price_in + answer * price_out)
+            turns = 1 + config.agents.reasks
+            row_high = n * turns * ((prompt.prompt_tokens + prompt.max_tokens) * price_in + prompt.max_tokens * price_out)
+            low, high = low + row_low, high + row_high
+            out["roles"].append({"role": role, "model": arm.model, "calls": round(n, 1), "prompt_tokens": prompt.prompt_tokens,
+                                 "answer_tokens": answer, "max_tokens": prompt.max_tokens, "dropped": list(prompt.dropped),
+                                 "cost_usd_low": round(row_low, 4), "cost_usd_high": round(row_high, 4)})
+    out["cost_usd"] = {"low": round(low, 4), "high": round(high, 4)}
+    if as_json:
+        print(json.dumps(out))
+        return out
+    table = Table(title=f"Dry run: {task.name} at {shape} on {machine.name}, {config.run.budget} evaluations "
+                        f"({len(seeds)} seed kernels, then {steps} model-written steps)")
+    for col in ("role", "model", "calls", "prompt tok", "answer tok", "max tok", "$ low", "$ high", "left out"):
+        table.add_column(col, justify="left" if col in ("role", "model", "left out") else "right")
+    for r in out["roles"]:
+        table.add_row(r["role"], r["model"], f"{r['calls']:g}", str(r["prompt_tokens"]), str(r["answer_tokens"]),
+                      str(r["max_tokens"]), f"{r['cost_usd_low']:.4f}", f"{r['cost_usd_high']:.4f}",
+                      ", ".join(r["dropped"]) or "-")
+    console.print(table)
+    budget = config.budget.dollars
+    console.print(f"Estimated cost: ${low:.4f} to ${high:.4f}" + (f" (dollar budget ${budget:g})" if budget else "")
+                  + f"; assumes {FAILURE_SHARE:.0%} of steps fail and get {config.run.fix_attempts} fix(es). "
+                  "Nothing was sent.", highlight=False)
+    return out

@@ -1,0 +1,84 @@
+"""A scripted model for end-to-end tests: answers the strategist, coder and fixer prompts
+the way a (not very inventive) model would, by reading them. The strategist mutates one knob
+of the fastest elite; the coder sets the strategy's knobs in the parent kernel and answers
+with full source or a SEARCH/REPLACE edit, whichever the prompt asks for; the fixer gives up
+politely (answers the kernel unchanged). `hostile=True` makes the coder write an escape."""
+from __future__ import annotations
+
+import itertools
+import json
+import re
+import threading
+
+from strategies.families import FAMILIES
+from strategies.render import render
+from tests.fakellm import Reply
+
+HOSTILE = '''import math
+from hwmodel.dsl import Kernel
+import os
+os.system("touch /tmp/cubepilot-pwned")
+ATTEMPT = {n}
+
+def kernel(k, a, b, c):
+    pass
+'''
+
+
+class Author:
+    def __init__(self, hostile: bool = False, think: bool = False):
+        self.hostile, self.think = hostile, think
+        self.counter = itertools.count()
+        self.lock = threading.Lock()
+        self.roles: list[str] = []
+
+    def __call__(self, body: dict) -> Reply:
+        system = body["messages"][0]["content"]
+        prompt = "\n".join(m["content"] for m in body["messages"])
+        role = "strategist" if "strategist" in system else "fixer" if "fixer" in system else "coder"
+        with self.lock:
+            self.roles.append(role)
+            n = next(self.counter)
+        text = getattr(self, role)(prompt, n)
+        return Reply(f"<think>step {n}: let me see</think>\n{text}" if self.think else text)
+
+    def strategist(self, prompt: str, n: int) -> str:
+        elite = re.search(r"^- ([0-9a-f]{12}): (\w+) \[([^\]]*)\]", prompt, re.M)
+        family = FAMILIES[elite.group(2)]
+        knobs = dict(kv.split("=") for kv in elite.group(3).split(", ") if "=" in kv)
+        movable = sorted(name for name, values in family.space.items() if len(values) > 1)
+        name = movable[n % len(movable)]
+        values = family.space[name]
+        current = next((v for v in values if str(v) == knobs.get(name)), values[0])
+        value = values[(values.index(current) + 1 + n // len(movable)) % len(values)]
+        return json.dumps({"parents": [elite.group(1)], "family": family.name, "knobs": {name: value},
+                           "techniques": [f"retune {name}"], "plan": f"Set {name} to {value} to move the bottleneck.",
+                           "expected": {"bottleneck": "MTE2", "speedup": 1.1, "rationale": "fewer stalls"}})
+
+    def coder(self, prompt: str, n: int) -> str:
+        if self.hostile:
+            return f"Escape.\n```python\n{HOSTILE.format(n=n)}```"
+        parent = re.search(r"```python\n(.*?)```", prompt, re.S).group(1)
+        knobs = dict(re.findall(r"(\w+)=([\w.]+)", re.search(r"knobs: (.*)", prompt).group(1)))
+        child = render(parent, {k: _literal(v) for k, v in knobs.items() if re.search(rf"^{k}\b|, {k}\b", parent, re.M)})
+        if "SEARCH/REPLACE" not in prompt:
+            return f"Set the knobs.\n```python\n{child}```"
+        old = [line for line in parent.splitlines() if line not in child.splitlines()]
+        new = [line for line in child.splitlines() if line not in parent.splitlines()]
+        if not old:
+            return "No change needed.\n<<<<<<< SEARCH\n" + parent.splitlines()[0] + "\n=======\n" + \
+                parent.splitlines()[0] + "\n>>>>>>> REPLACE"
+        return "Set the knobs.\n<<<<<<< SEARCH\n" + "\n".join(old) + "\n=======\n" + "\n".join(new) + "\n>>>>>>> REPLACE"
+
+    def fixer(self, prompt: str, n: int) -> str:
+        failed = re.search(r"```python\n(.*?)```", prompt, re.S).group(1)
+        return f"Unchanged.\n```python\n{failed}```"
+
+
+def _literal(text: str):
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return {"True": True, "False": False}.get(text, text)
