@@ -60,6 +60,7 @@ from hwmodel.spec import MachineSpec, load_machine  # noqa: E402
 from strategies.library import kernel_path  # noqa: E402
 
 MEASURED = Path(__file__).resolve().parent / "data" / "h100_measured.json"
+ATTENTION_REFERENCE = Path(__file__).resolve().parent / "data" / "h100_attention_reference.json"
 DISTRIBUTIONS = ("uniform", "normal", "wide")
 ERROR_FACTOR = 2.0          # target: simulated error within 2x of measured
 RATIO_TOLERANCE = 0.25      # target: simulated time ratio within 25% of measured
@@ -240,6 +241,47 @@ def ratio_rows(machine, measured, n, n_fp32, seed) -> tuple[list[dict], dict]:
     return rows, {"runs": runs, "gemm_tflops": tflops}
 
 
+# --------------------------------------------------------------------------- attention
+# The library flash attention with knobs from its family's space that fit the h100 preset at
+# head dim 128 (L0C and UB are 64 KiB each: the kernel keeps S and O in L0C and again in UB,
+# so the query tile is 16 rows double-buffered or 32 single-buffered; FA2 on Hopper uses 128),
+# and the meta-kernel that picks its own tiles from the capacities.
+ATTENTION_KERNELS = (("attention_flash", dict(BQ=32, BKV=64, SLOTS=1)), ("attention_flash", dict(BQ=16, BKV=128, SLOTS=2)),
+                     ("attention_xyserve", {}))
+
+
+def attention_rows(machine: MachineSpec, shape: tuple[int, int, int, int]) -> list[dict]:
+    """% of the FP16 peak (the roofline limit: the shape is compute-bound) of each attention kernel."""
+    from hwmodel.roofline import engine_peak_tflops
+    b, h, s, d = shape
+    args = [TensorArg(n, shape, "fp16") for n in ("q", "key", "v")] + [TensorArg("o", shape, "fp16", "output")]
+    rows = []
+    for module, knobs in ATTENTION_KERNELS:
+        started = time.perf_counter()
+        res = simulate(load_kernel(kernel_path(module), **knobs), machine, args)
+        tflops = 4.0 * b * h * s * s * d / res.timing.time_ns / 1e3
+        rows.append({"kernel": module, "knobs": knobs, "shape": "x".join(map(str, shape)), "tflops": tflops,
+                     "pct_of_peak": 100 * tflops / engine_peak_tflops(machine, "fp16"),
+                     "busiest_pipe": res.timing.busiest_pipe[0], "l2_hit_rate": res.timing.l2_hit_rate,
+                     "sim_seconds": time.perf_counter() - started})
+    return rows
+
+
+def print_attention(console, rows: list[dict]) -> None:
+    from rich.table import Table
+    ref = json.loads(ATTENTION_REFERENCE.read_text())
+    table = Table(title="Attention on the h100 preset, % of the dense FP16 peak (real H100: "
+                        + "; ".join(f"{r['kernel']} {r['pct_of_fp16_peak'][0]}-{r['pct_of_fp16_peak'][1]}%"
+                                    for r in ref["rows"]) + ", as quoted in issue 15, not measured here)")
+    for col in ("kernel", "knobs", "shape", "TFLOP/s", "% of peak", "busiest pipe", "L2 hits", "sim s"):
+        table.add_column(col, justify="left" if col in ("kernel", "knobs", "shape", "busiest pipe") else "right")
+    for r in rows:
+        table.add_row(r["kernel"], " ".join(f"{k}={v}" for k, v in r["knobs"].items()) or "auto", r["shape"],
+                      f"{r['tflops']:.0f}", f"{r['pct_of_peak']:.1f}", r["busiest_pipe"], f"{r['l2_hit_rate']:.0%}",
+                      f"{r['sim_seconds']:.0f}")
+    console.print(table)
+
+
 # --------------------------------------------------------------------------- output
 def fmt_ok(flag) -> str:
     return "" if flag is None else ("ok" if flag else "MISS")
@@ -294,6 +336,8 @@ def print_tables(result: dict) -> None:
                        f"{r['ratio']:.2f}", fmt_ok(r["within_target"]), r["simulated_timing"],
                        f"{r['measured_whole']:.2f}", f"{r['simulated_whole']:.2f}")
     console.print(ratios)
+    if result.get("attention"):
+        print_attention(console, result["attention"])
     s = result["settings"]
     runs = ", ".join(f"{k} {v['n']}^3 {s['gemm_tflops'][k]:.0f} T(FL)OP/s ({v['busiest_pipe']}-bound"
                      + ("" if v["check_error"] is None else f", core {SAMPLE_CORE} error {v['check_error']:.2e}")
@@ -324,8 +368,9 @@ def main() -> None:
     checks = {(name, run["n"], "uniform"): run["check_error"] for name, run in timing["runs"].items()
               if run["check_error"] is not None}
     errors = error_rows(machine, measured, sizes, args.sample, args.seed, checks)
+    attention = attention_rows(machine, (1, 8, 1024 if args.quick else 4096, 128))
     result = {
-        "errors": errors, "ratios": ratios,
+        "errors": errors, "ratios": ratios, "attention": attention,
         "growth": growth_rows(errors, sizes) if len(sizes) > 1 else [],
         "settings": {"machine": machine.name, "error_sizes": sizes, "time_size": n_time, "fp32_time_size": n_fp32,
                      "sample": args.sample, "seed": args.seed, "measured": str(MEASURED.name),

@@ -75,7 +75,10 @@ class GlobalMemorySpec(_Frozen):
     hbm_gbps: float = Field(gt=0)
     l2_bytes: int = Field(ge=0)
     l2_gbps: float = Field(gt=0)
-    core_hbm_bytes_per_cycle: float = Field(gt=0, description="one core's link when missing in L2")
+    core_hbm_bytes_per_cycle: float = Field(gt=0, description="one core's link when a read misses in L2")
+    core_write_bytes_per_cycle: float = Field(
+        gt=0, description="one core's link for writes: they land in L2 (write-back) and reach HBM through "
+        "the chip's shared HBM bandwidth")
     core_l2_bytes_per_cycle: float = Field(gt=0, description="one core's link when hitting in L2")
     hbm_latency_cycles: int = Field(ge=0)
     l2_latency_cycles: int = Field(ge=0)

@@ -73,7 +73,8 @@ class _GmAccess:
         self.pipe_index = machine.pipes.index(path.pipe)
         gm = machine.gm
         self.hit_cap = min(path.bytes_per_cycle, gm.core_l2_bytes_per_cycle)     # this core's link, L2 hits
-        self.miss_cap = min(path.bytes_per_cycle, gm.core_hbm_bytes_per_cycle)   # misses and writes
+        self.miss_cap = min(path.bytes_per_cycle,                                 # misses; writes go to L2
+                            gm.core_write_bytes_per_cycle if self.is_write else gm.core_hbm_bytes_per_cycle)
         sector, per_block, s0, s1, blocks_per_row = _sector_geometry(view, gm, base_shape)
         runs = _row_runs(view.offset[:-1], view.extent[:-1], base_shape[:-1])
         self.charged_bytes = sum(r1 - r0 for r0, r1 in runs) * (s1 - s0) * sector

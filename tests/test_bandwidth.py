@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from hypothesis import given, strategies as st
 
-from helpers import gemm_args, library_kernel, machine, trace
-from hwmodel.simulate import TensorArg
+from helpers import gemm_args, library_kernel, machine, rel_fro_error, trace
+from hwmodel.simulate import TensorArg, simulate
 from hwmodel.timing import _Bandwidth, simulate_timing
 
 pytestmark = pytest.mark.sim
@@ -201,3 +201,27 @@ def test_a_transfer_waits_while_the_resource_is_full():
     assert bw.move(5.0, 500.0, 100.0, True) == pytest.approx(15.0)       # waits until 10
     assert bw.move(0.0, 100.0, 50.0, False) == pytest.approx(17.0)       # L2 too is full until 15
 
+
+
+# ---------------------------------------------------------------- attention on every preset that can run it
+ATTENTION_FITS = {"ascend-910a": {}, "h100": {"BQ": 16, "BKV": 128, "SLOTS": 2}}
+
+
+@pytest.mark.parametrize("machine_name", sorted(ATTENTION_FITS))
+def test_attention_family_has_knobs_that_fit_and_stay_within_rates(machine_name, rng):
+    """The flash-attention family's space holds a point that fits each coupled-core preset at head
+    dim 128 (h100: 64 KiB of L0C and of UB), computes attention, and moves no more than the rates."""
+    from strategies.families import FAMILIES
+    family = FAMILIES["attention_flash"]
+    knobs = {**family.defaults(), **ATTENTION_FITS[machine_name]}
+    assert all(v in family.space[k] for k, v in knobs.items()), knobs
+    spec, shape = machine(machine_name), (1, 2, 256, 128)
+    args = [TensorArg(n, shape, "fp16") for n in ("q", "key", "v")] + [TensorArg("o", shape, "fp16", "output")]
+    data = {n: rng.standard_normal(shape).astype(np.float16) for n in ("q", "key", "v")}
+    result = simulate(library_kernel("attention_flash", **knobs), spec, args, data)
+    q, k, v = (data[n].astype(np.float64) for n in ("q", "key", "v"))
+    logits = q @ np.swapaxes(k, -1, -2) / np.sqrt(shape[-1])
+    p = np.exp(logits - logits.max(axis=-1, keepdims=True))
+    ref = (p / p.sum(axis=-1, keepdims=True)) @ v
+    assert rel_fro_error(result.outputs["o"], ref) < 3e-3
+    assert_within_rates(spec, simulate_timing(result.trace, spec, record_transfers=True))
