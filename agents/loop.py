@@ -24,7 +24,6 @@ from strategies.evolution import Elites
 from strategies.strategy import Strategy
 
 MAX_CUT_SHORT = 2       # evaluations of one step that may end with the evaluating process dead
-MAX_DUPLICATE_TRIES = 30
 MAX_EMPTY_STEPS = 5     # steps in a row that yielded no kernel to evaluate before the run gives up
 
 Evaluate = Callable[[list[tuple[str, int]]], Iterable[EvalResult]]   # [(source, seq)] -> results, in order
@@ -87,7 +86,7 @@ def draft(team: Team, ctx: Context, initial: list[Strategy], seq: int, seed: int
     rng = np.random.default_rng([seed, seq])
     token = STEP.set((seq, 0))
     try:
-        for attempt in range(MAX_DUPLICATE_TRIES):
+        for attempt in range(team.draws):
             try:
                 strategy = initial[seq] if seq < len(initial) and attempt == 0 else \
                     team.strategist.propose(replace(ctx, tried=frozenset(taken)), rng)
@@ -120,7 +119,8 @@ def fix(team: Team, ctx: Context, run: RunState, step: Step, result: EvalResult,
         STEP.reset(token)
     if fixed is None or fixed[1].ast_hash in run.seen_ast:
         return None
-    return Step(step.seq, attempt, *fixed)
+    strategy, kernel = fixed
+    return Step(step.seq, attempt, strategy, kernel if kernel.parent_kernel else replace(kernel, parent_kernel=step.draft.hash))
 
 
 def evaluate_unless_fatal(archive: Archive, run_id: str, config: RunConfig, evaluate: Evaluate,

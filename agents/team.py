@@ -20,6 +20,9 @@ from strategies.archive import Archive
 from strategies.strategy import Strategy
 
 
+LLM_DRAWS = 3     # proposals per step from a model (each may re-ask) before the step is given up
+
+
 @dataclass(frozen=True)
 class Crew:
     """A team and what a run needs to watch it: the ledger of spend (None for builtin)."""
@@ -67,7 +70,7 @@ def build_team(config: Config, machine: MachineSpec, bench_shape, archive: Archi
         strategist = BestOfN(strategist)
     team = Team(Guarded(strategist), SeedsFromLibrary(Guarded(LLMCoder(client, bandits["coder"].pick, modes.pick))),
                 Guarded(LLMFixer(client, bandits["fixer"].pick)), run.fix_attempts,
-                learn=Learner(archive, run_id, bandits, modes), population=0)   # the published strategies, then the model
+                learn=Learner(archive, run_id, bandits, modes), population=0, draws=LLM_DRAWS)
     return Crew(team, ledger)
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import random
 import re
 import threading
 
@@ -43,16 +44,16 @@ class Author:
         return Reply(f"<think>step {n}: let me see</think>\n{text}" if self.think else text)
 
     def strategist(self, prompt: str, n: int) -> str:
-        elite = re.search(r"^- ([0-9a-f]{12}): (\w+) \[([^\]]*)\]", prompt, re.M)
-        family = FAMILIES[elite.group(2)]
-        knobs = dict(kv.split("=") for kv in elite.group(3).split(", ") if "=" in kv)
-        movable = sorted(name for name, values in family.space.items() if len(values) > 1)
-        name = movable[n % len(movable)]
-        values = family.space[name]
-        current = next((v for v in values if str(v) == knobs.get(name)), values[0])
-        value = values[(values.index(current) + 1 + n // len(movable)) % len(values)]
-        return json.dumps({"parents": [elite.group(1)], "family": family.name, "knobs": {name: value},
-                           "techniques": [f"retune {name}"], "plan": f"Set {name} to {value} to move the bottleneck.",
+        """One or two knobs of one of the two fastest elites, set to values drawn from step n."""
+        rng = random.Random(n)
+        elites = re.findall(r"^- ([0-9a-f]{12}): (\w+) \[", prompt, re.M)[:2]
+        parent, name = elites[rng.randrange(len(elites))] if n else elites[0]
+        family = FAMILIES[name]
+        movable = sorted(k for k, values in family.space.items() if len(values) > 1)
+        knobs = {k: rng.choice(family.space[k]) for k in rng.sample(movable, 1 + (n % 2))}
+        what = ", ".join(f"{k} to {v}" for k, v in knobs.items())
+        return json.dumps({"parents": [parent], "family": family.name, "knobs": knobs,
+                           "techniques": [f"retune {k}" for k in knobs], "plan": f"Set {what} to move the bottleneck.",
                            "expected": {"bottleneck": "MTE2", "speedup": 1.1, "rationale": "fewer stalls"}})
 
     def coder(self, prompt: str, n: int) -> str:
