@@ -22,8 +22,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from agents.edits import Edit, EditError, apply_edits, parse_edits
 from agents.llm.errors import MalformedOutput
 from agents.llm.parsing import extract_code_blocks
-from agents.llm.prompts import PromptTooLarge, coder_prompt, fixer_prompt, strategist_prompt
 from agents.llm.ledger import estimate_prompt_tokens
+from agents.llm.prompts import PromptTooLarge, coder_prompt, fixer_prompt, strategist_prompt
 from agents.roles import Context, Draft, RoleError, ast_hash, source_hash
 from evaluator.result import EvalResult, EvalStatus
 from hwmodel.loader import knob_names
@@ -57,7 +57,8 @@ class UnusableAnswer(RoleError):
 
 # ------------------------------------------------------------------ strategist
 class StrategyAnswer(BaseModel):
-    # What the strategist answers; its JSON schema goes to the model (no docstring: it would be the schema's description)
+    # What the strategist answers; its JSON schema goes to the model (no docstring: it would
+    # become the schema's description and cost tokens in every prompt)
     model_config = ConfigDict(extra="forbid")
 
     parents: list[str] = Field(min_length=1, max_length=2,
@@ -113,7 +114,7 @@ class StrategyParser:
         self.ctx = ctx
         self.author = author
         self.families = {f.name: f for f in families_for(ctx.task.name)}
-        known: dict[str, Strategy] = {f.strategy().id: f.strategy() for f in self.families.values()}
+        known: dict[str, Strategy] = {s.id: s for s in (f.strategy() for f in self.families.values())}
         for strategy, result in ctx.history:
             if result.ok:
                 known[strategy.id] = strategy
@@ -170,13 +171,17 @@ class StrategyParser:
 
 
 def _check_type(family: Family, name: str, value: Any, default: Any) -> None:
-    want = type(default)
-    ok = (isinstance(value, bool) if want is bool else
-          isinstance(value, int) and not isinstance(value, bool) if want is int else
-          isinstance(value, (int, float)) and not isinstance(value, bool) if want is float else
-          isinstance(value, want) if default is not None else True)
+    """A knob keeps the type of its default (an int stays an int; a float knob takes ints too)."""
+    if default is None:
+        return
+    if isinstance(default, bool) or isinstance(value, bool):
+        ok = isinstance(default, bool) and isinstance(value, bool)
+    elif isinstance(default, float):
+        ok = isinstance(value, (int, float))
+    else:
+        ok = isinstance(value, type(default))
     if not ok:
-        raise ValueError(f"knob {name} of family {family.name} takes {want.__name__} values "
+        raise ValueError(f"knob {name} of family {family.name} takes {type(default).__name__} values "
                          f"(e.g. {family.space.get(name, (default,))}), got {value!r}")
 
 
