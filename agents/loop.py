@@ -9,8 +9,10 @@ an attempt of the same step and counted against the budget.
 """
 from __future__ import annotations
 
+import contextvars
 import hashlib
 import math
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from typing import Callable, Iterable
 
@@ -51,14 +53,7 @@ def evolve(archive: Archive, run_id: str, config: RunConfig, team: Team, evaluat
     empty = 0
     while run.evaluations < config.budget:
         first, ctx = run.next_batch, run.context(run.next_batch)   # the archive as it stood when the batch began
-        taken = set(ctx.tried)
-        steps = []
-        for seq in range(first, first + config.workers):
-            step = fix(team, ctx, run, *run.last(seq), config.seed) if run.started(seq) else \
-                draft(team, ctx, initial, seq, config.seed, taken)
-            if step is not None:
-                steps.append(step)
-                taken.add(step.strategy.signature)
+        steps = draft_batch(team, ctx, run, initial, range(first, first + config.workers), config.seed)
         empty = 0 if steps else empty + config.workers
         if empty >= MAX_EMPTY_STEPS:
             raise NoProgress(f"the roles produced no new kernel to evaluate in {empty} steps in a row")
@@ -78,6 +73,33 @@ def evolve(archive: Archive, run_id: str, config: RunConfig, team: Team, evaluat
             steps = [s for s in fixes if s is not None]
         run.next_batch = first + config.workers
     return summarize(archive, run_id, run.elites, run.failures, completed=True)
+
+
+def draft_batch(team: Team, ctx: Context, run: RunState, initial: list[Strategy], seqs: range,
+                seed: int) -> list[Step]:
+    """The steps of a batch: the next fix of a step recorded before an interruption, else a
+    new draft. A team of models drafts its steps side by side (the client bounds requests in
+    flight); a kernel drafted twice in one batch is evaluated once."""
+    taken = set(ctx.tried)
+
+    def one(seq: int, taken: set[str]) -> Step | None:
+        return fix(team, ctx, run, *run.last(seq), seed) if run.started(seq) else \
+            draft(team, ctx, initial, seq, seed, taken)
+    if team.parallel and len(seqs) > 1:
+        with ThreadPoolExecutor(len(seqs), thread_name_prefix="draft") as pool:
+            steps = list(pool.map(lambda seq: contextvars.copy_context().run(one, seq, set(taken)), seqs))
+    else:
+        steps = []
+        for seq in seqs:
+            steps.append(one(seq, taken))
+            if steps[-1] is not None:
+                taken.add(steps[-1].strategy.signature)
+    unique, kernels = [], set()
+    for step in steps:
+        if step is not None and step.draft.ast_hash not in kernels:
+            unique.append(step)
+            kernels.add(step.draft.ast_hash)
+    return unique
 
 
 def draft(team: Team, ctx: Context, initial: list[Strategy], seq: int, seed: int, taken: set[str]) -> Step | None:

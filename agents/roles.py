@@ -153,6 +153,7 @@ class Team:
     learn: Learn | None = None   # told every evaluated step (a bandit over models learns from it)
     population: int = 8          # size of the first population (the published strategies, then random points)
     draws: int = 30              # proposals per step before it is given up (repeats, unusable answers)
+    parallel: bool = False       # draft the steps of a batch side by side (model calls wait on the network)
 
     @property
     def name(self) -> str:

@@ -70,7 +70,8 @@ def build_team(config: Config, machine: MachineSpec, bench_shape, archive: Archi
         strategist = BestOfN(strategist)
     team = Team(Guarded(strategist), SeedsFromLibrary(Guarded(LLMCoder(client, bandits["coder"].pick, modes.pick))),
                 Guarded(LLMFixer(client, bandits["fixer"].pick)), run.fix_attempts,
-                learn=Learner(archive, run_id, bandits, modes), population=0, draws=LLM_DRAWS)
+                learn=Learner(archive, run_id, bandits, modes), population=0, draws=LLM_DRAWS,
+                parallel=True)
     return Crew(team, ledger)
 
 

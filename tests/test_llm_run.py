@@ -139,3 +139,38 @@ def test_a_dollar_budget_ends_the_run_cleanly_before_it_is_overspent(tmp_path):
     assert summary["stopped_by"] == "dollars budget spent"
     assert SEEDS <= summary["evaluations"] < 20, summary
     assert 0 < summary["spend"]["cost_usd"] <= 0.05
+
+
+def test_a_run_survives_a_model_and_server_that_misbehave_in_every_way(tmp_path):
+    """Malformed JSON, a truncated kernel, edits that do not apply, reasoning blocks, a 429
+    with retry-after, a 500, an answer slower than the deadline, an answer longer than
+    the context: each costs a re-ask, a redraw or an SDK retry, never the run. Two steps
+    are drafted side by side (--workers 2)."""
+    (tmp_path / "cubepilot.toml").write_text(
+        '[agents]\nedit_modes = ["diff"]\n[models.default]\nmodel = "fake-model"\nbase_url = "http://127.0.0.1:1/v1"\n'
+        'api_key_env = "none"\nmax_retries = 1\ntimeout_s = 4\nprice_in = 1.0\nprice_out = 2.0\n')
+    author = Author(think=True)
+    faults = {2: Reply("{not json", usage=None), 4: Reply("slow down", status=429, headers={"retry-after": "0.2"}),
+              6: Reply("boom", status=500), 8: Reply("```python\nimport ma", truncated=True),
+              10: Reply("late", delay_s=6.0)}
+    lock, count = threading.Lock(), [0]
+
+    def script(body: dict) -> Reply:
+        with lock:
+            count[0] += 1
+            n = count[0]
+        if n in faults:
+            return faults[n]
+        reply = author(body)
+        if author.roles[-1] == "coder" and n in (14, 15, 16):       # an edit that does not apply
+            return Reply("Change it.\n<<<<<<< SEARCH\nthis line is not in the kernel\n=======\nX = 1\n>>>>>>> REPLACE")
+        return reply
+    with FakeLLM(script) as fake:
+        out = llm_run(fake, tmp_path, "--workers", "2", budget=SEEDS + 6)
+    assert out.returncode == 0, out.stderr
+    summary = json.loads(out.stdout)
+    assert summary["evaluations"] == SEEDS + 6
+    archive = tmp_path / ".cubepilot" / "archive.sqlite"
+    calls = rows(archive, summary["run_id"], "SELECT role, error FROM llm_calls WHERE run_id = ?")
+    assert any(error for _, error in calls)                       # the failures are recorded, not hidden
+    assert summary["spend"]["calls"] == len(calls)
