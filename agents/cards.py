@@ -83,7 +83,8 @@ def machine_brief(machine: MachineSpec, task: Task | str) -> str:
     """Peaks per engine with ridge points, per-core memories, GM, data paths with bandwidths."""
     task = TASKS[task] if isinstance(task, str) else task
     hbm = machine.gm.hbm_gbps
-    lines = [f"{machine.name}: {machine.num_cores} cores at {machine.clock_ghz:.2f} GHz; "
+    lines = [f"{machine.description}.",
+             f"{machine.name}: {machine.num_cores} cores at {machine.clock_ghz:.2f} GHz; "
              f"pipes {', '.join(machine.pipes)}; issue cost {machine.issue_cycles} cycles/op on S."]
     peaks = []
     for engine in ENGINES:
