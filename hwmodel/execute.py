@@ -8,7 +8,6 @@ at the benchmark shape. With `cores`, only those cores run in the last phase.
 from __future__ import annotations
 
 import numpy as np
-from threadpoolctl import threadpool_limits
 
 from hwmodel import numerics
 from hwmodel.dtypes import FLOATS, NUMPY
@@ -67,7 +66,7 @@ def run_numeric(trace: Trace, machine: MachineSpec, gm: dict[int, np.ndarray],
     `cores`: replay only these cores in the last phase. `targets` (tensor id -> element mask):
     replay only the backward slice of those elements, which end with their full-replay values
     (other elements are unspecified)."""
-    with threadpool_limits(1, user_api="blas"):   # thousands of small GEMMs: threads only contend
+    with numerics.single_blas():   # thousands of small GEMMs: threads only contend
         return _run(trace, machine, gm, cores, targets)
 
 

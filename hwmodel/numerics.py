@@ -7,9 +7,28 @@ destination type with round-to-nearest-even.
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import numpy as np
 
 from hwmodel.dtypes import FLOATS, INT_RANGE, NUMPY
+
+_blas = None   # threadpoolctl's controller, found once (finding the libraries costs a millisecond a time)
+
+
+@contextmanager
+def single_blas():
+    """BLAS on one thread inside: many small products (replays, row panels) only pay threads'
+    wake-ups and spinning. Only where values cannot change: OpenBLAS's matrix-vector products
+    split their outputs over threads, but its matrix products (fp32 and fp64) and dot products
+    (norms) change in the last bits with the thread count, so references and budgets stay on
+    the caller's threads."""
+    global _blas
+    if _blas is None:
+        from threadpoolctl import ThreadpoolController
+        _blas = ThreadpoolController()
+    with _blas.limit(limits=1, user_api="blas"):
+        yield
 
 
 def round_fp32(x: np.ndarray, mode: str) -> np.ndarray:

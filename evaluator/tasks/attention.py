@@ -13,6 +13,7 @@ import numpy as np
 
 from evaluator.tasks.base import Shape, Task
 from evaluator.tasks.distributions import draw_attention
+from hwmodel.numerics import single_blas
 from hwmodel.simulate import TensorArg
 
 
@@ -39,9 +40,10 @@ class AttentionTask(Task):
         rows = {}
         for i, key in enumerate(zip(b.tolist(), h.tolist(), s.tolist())):
             rows.setdefault(key, []).append(i)
-        for (bb, hh, ss), idx in rows.items():
-            row = self._attend(q[bb, hh, ss:ss + 1], k[bb, hh], v[bb, hh], np.array([ss]))[0]
-            out[idx] = row[col[idx]]
+        with single_blas():   # matrix-vector products: the same values on any number of threads, no spinning
+            for (bb, hh, ss), idx in rows.items():
+                row = self._attend(q[bb, hh, ss:ss + 1], k[bb, hh], v[bb, hh], np.array([ss]))[0]
+                out[idx] = row[col[idx]]
         del d
         return out
 

@@ -51,12 +51,12 @@ class GemmTask(Task):
         return rows[r], c
 
     def _product(self, inputs, coords, dtype) -> np.ndarray:
-        a, b = inputs["a"].astype(dtype), inputs["b"].astype(dtype)
+        a, b = inputs["a"], inputs["b"].astype(dtype, copy=False)
         if coords is None:
-            return a @ b
+            return a.astype(dtype, copy=False) @ b
         rows, cols = coords
         panel_rows, where = np.unique(rows, return_inverse=True)
-        return (a[panel_rows] @ b)[where, cols]
+        return (a[panel_rows].astype(dtype, copy=False) @ b)[where, cols]   # convert only the rows used
 
     def reference(self, inputs, coords=None):
         return self._product(inputs, coords, np.float64)
@@ -64,6 +64,7 @@ class GemmTask(Task):
     def budget(self, inputs, ref, coords=None):
         if self.fixed_budget:
             return self.fixed_budget
+        # on the caller's BLAS threads: OpenBLAS's fp32 product and the norm depend on the thread count
         recipe = int8_product(inputs, coords) if self.budget_recipe == "int8" else \
             self._product(inputs, coords, np.float32)
         return self.budget_factor * max(rel_fro(recipe, ref), 1e-9)
@@ -80,11 +81,11 @@ class GemmTask(Task):
 def int8_product(inputs, coords=None) -> np.ndarray:
     """The standard INT8 GEMM in FP64: symmetric absmax scales per row of A and per column
     of B, round half to even into [-127, 127], exact integer product, dequantized."""
-    a, b = inputs["a"].astype(np.float64), inputs["b"].astype(np.float64)
-    rows = None
+    a, b = inputs["a"], inputs["b"].astype(np.float64)
     if coords is not None:
         rows, where = np.unique(coords[0], return_inverse=True)
         a = a[rows]
+    a = a.astype(np.float64)
     sa = np.maximum(np.abs(a).max(axis=1, keepdims=True), 1e-30) / 127.0
     sb = np.maximum(np.abs(b).max(axis=0, keepdims=True), 1e-30) / 127.0
     qa, qb = np.clip(np.rint(a / sa), -127, 127), np.clip(np.rint(b / sb), -127, 127)
