@@ -62,6 +62,11 @@ class Author:
         parent = re.search(r"```python\n(.*?)```", prompt, re.S).group(1)
         knobs = dict(re.findall(r"(\w+)=([\w.]+)", re.search(r"knobs: (.*)", prompt).group(1)))
         child = render(parent, {k: _literal(v) for k, v in knobs.items() if re.search(rf"^{k}\b|, {k}\b", parent, re.M)})
+        if child == parent:          # a plan without knobs (code-only, best-of-n): retune something itself
+            family = next(f for f in FAMILIES.values() if f.source.splitlines()[0] == parent.splitlines()[0])
+            rng = random.Random(n)
+            name = rng.choice(sorted(k for k, v in family.space.items() if len(v) > 1))
+            child = render(parent, {name: rng.choice(family.space[name])})
         if "SEARCH/REPLACE" not in prompt:
             return f"Set the knobs.\n```python\n{child}```"
         old = [line for line in parent.splitlines() if line not in child.splitlines()]

@@ -49,11 +49,13 @@ def test_a_run_records_every_call_and_replays_offline_step_for_step(tmp_path):
     with FakeLLM(author) as fake:
         out = llm_run(fake, tmp_path, "--api-key-env", "CUBEPILOT_TEST_KEY", env={"CUBEPILOT_TEST_KEY": key})
         served = len(fake.requests)
+        prompts = ["\n".join(m["content"] for m in body["messages"]) for body in fake.requests]
     assert out.returncode == 0, out.stderr
     summary = json.loads(out.stdout)
     archive = tmp_path / ".cubepilot" / "archive.sqlite"
     run_id = summary["run_id"]
     assert summary["evaluations"] == SEEDS + 3
+    assert any("## Bottleneck cards" in p for p in prompts)     # the strategist sees its parents' cards
     calls = rows(archive, run_id, "SELECT role, model, tokens_in, tokens_out, cost_usd, error, record FROM llm_calls "
                                   "WHERE run_id = ? ORDER BY n")
     assert len(calls) == served and {"strategist", "coder"} <= {c[0] for c in calls}
@@ -174,3 +176,22 @@ def test_a_run_survives_a_model_and_server_that_misbehave_in_every_way(tmp_path)
     calls = rows(archive, summary["run_id"], "SELECT role, error FROM llm_calls WHERE run_id = ?")
     assert any(error for _, error in calls)                       # the failures are recorded, not hidden
     assert summary["spend"]["calls"] == len(calls)
+
+
+@pytest.mark.parametrize("flag, roles", [("--no-strategy", {"coder"}), ("--best-of-n", {"coder"}),
+                                         ("--no-roofline", {"strategist", "coder"})])
+def test_the_comparison_flags_run_without_the_piece_they_leave_out(tmp_path, flag, roles):
+    author = Author()
+    with FakeLLM(author) as fake:
+        out = llm_run(fake, tmp_path, flag, "--allow-unpriced", "--fix-attempts", "0")
+        prompts = ["\n".join(m["content"] for m in body["messages"]) for body in fake.requests]
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["evaluations"] == SEEDS + 3
+    assert set(author.roles) == roles
+    assert not any("## Bottleneck cards" in p for p in prompts)      # no strategist, or told to leave them out
+    if flag == "--best-of-n":      # every sample starts from a seed kernel, never from what the run found
+        run_id, archive = json.loads(out.stdout)["run_id"], tmp_path / ".cubepilot" / "archive.sqlite"
+        library = {r[0] for r in rows(archive, run_id, "SELECT id FROM strategies WHERE run_id = ? AND origin = 'library'")}
+        samples = [json.loads(b) for (b,) in rows(archive, run_id, "SELECT body FROM strategies WHERE run_id = ? "
+                                                                  "AND origin != 'library'")]
+        assert samples and all(s["parents"][0] in library for s in samples)
