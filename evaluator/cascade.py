@@ -249,14 +249,7 @@ def check_targets(trace, out_id: int, rng: np.random.Generator, rows: int,
     all, at least one per core; `elements` in all). Returns the element mask and, per element, the core that wrote its final value.
     Ownership by final value means writes that another core overwrites (decoys) dilute nothing."""
     shape = next(t.shape for t in trace.tensors if t.id == out_id)
-    writes = []                                   # (phase, core, view) of every output write
-    for core, ops in enumerate(trace.ops):
-        phase = 0
-        for op in ops:
-            if op.kind == "barrier":
-                phase += 1
-            elif op.kind == "copy" and op.dst[0].space == "GM" and op.dst[0].base == out_id:
-                writes.append((phase, core, op.dst[0]))
+    writes = _output_writes(trace, out_id)        # (phase, core, view) of every output write
     writes.sort(key=lambda w: (w[0], w[1]))       # the replay's order; stable within a core
     final = np.full(shape, -1, np.int16)
     for _, core, view in writes:
@@ -285,6 +278,33 @@ def check_targets(trace, out_id: int, rng: np.random.Generator, rows: int,
                 mask[at] = True
                 owner[at] = core
     return mask, owner
+
+
+def _is_output_write(op, out_id: int) -> bool:
+    return op.kind == "copy" and op.dst[0].space == "GM" and op.dst[0].base == out_id
+
+
+def _output_writes(trace, out_id: int) -> list[tuple[int, int, View]]:
+    """(phase, core, view) of every copy into the output, each core's in issue order; on the
+    op id arrays of a decoded trace, without a pass over its ops."""
+    writes = []
+    if trace.op_ids is not None:
+        table = trace.op_table
+        barrier = np.array([op.kind == "barrier" for op in table], bool)
+        is_write = np.array([_is_output_write(op, out_id) for op in table], bool)
+        for core, ids in enumerate(trace.op_ids):
+            phase = np.cumsum(barrier[ids])
+            at = np.flatnonzero(is_write[ids])
+            writes += [(p, core, table[i].dst[0]) for p, i in zip(phase[at].tolist(), ids[at].tolist())]
+        return writes
+    for core, ops in enumerate(trace.ops):
+        phase = 0
+        for op in ops:
+            if op.kind == "barrier":
+                phase += 1
+            elif _is_output_write(op, out_id):
+                writes.append((phase, core, op.dst[0]))
+    return writes
 
 
 def _first(mask: np.ndarray) -> tuple[int, ...]:

@@ -148,8 +148,8 @@ def _decode(buf: memoryview) -> Trace:
         raise CodecError(f"{len(sequences)} op sequences for {len(buffers)} cores")
     for seq in sequences:
         _need(seq.size == 0 or (int(seq.min()) >= 0 and int(seq.max()) < len(distinct)), "op index")
-    ops = tuple(tuple(distinct[i] for i in seq.tolist()) for seq in sequences)
-    return Trace(header["machine"], tensors, buffers, ops)
+    ops = tuple(tuple(map(distinct.__getitem__, seq.tolist())) for seq in sequences)
+    return Trace(header["machine"], tensors, buffers, ops, tuple(distinct), tuple(sequences))
 
 
 def _tuples(x):

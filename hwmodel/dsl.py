@@ -10,7 +10,7 @@ import gc
 import re
 import sys
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from math import ceil, prod
 from typing import Callable, Sequence
 
@@ -31,17 +31,29 @@ class Trace:
     tensors: tuple[TensorDecl, ...]
     buffers: tuple[tuple[BufferDecl, ...], ...]
     ops: tuple[tuple[Op, ...], ...]   # per core, in issue order; identical ops are one shared object
+    # The same program as arrays, where the trace was decoded from them (evaluator.codec):
+    # ops[c][i] is op_table[op_ids[c][i]]. Whole-trace passes (validation, coverage, the
+    # benchmark check's targets) then work on distinct ops and numpy arrays, not per-op objects.
+    op_table: tuple[Op, ...] | None = field(default=None, repr=False, compare=False)
+    op_ids: tuple | None = field(default=None, repr=False, compare=False)   # per core: int64 numpy arrays
 
     @property
     def num_ops(self) -> int:
         return sum(len(o) for o in self.ops)
 
     def distinct_ops(self) -> list[Op]:
+        if self.op_ids is not None:
+            return [self.op_table[i] for i in self.used_op_indices().tolist()]
         seen: dict[int, Op] = {}
         for core_ops in self.ops:
             for op in core_ops:
                 seen.setdefault(id(op), op)
         return list(seen.values())
+
+    def used_op_indices(self):
+        """Indices into op_table of the ops some core issues (sorted); decoded traces only."""
+        import numpy as np
+        return np.unique(np.concatenate([np.asarray(ids) for ids in self.op_ids] or [np.zeros(0, np.int64)]))
 
 
 def slot_bytes(machine: MachineSpec, space: str, shape: tuple[int, ...], dtype: str) -> int:

@@ -10,6 +10,8 @@ then claim nothing an honest kernel could not do.
 from __future__ import annotations
 
 from math import prod
+
+import numpy as np
 from typing import Sequence
 
 from hwmodel.dsl import Trace, check_name, slot_bytes, tensor_bytes
@@ -37,6 +39,11 @@ def validate_trace(trace: Trace, machine: MachineSpec, args: Sequence[TensorDecl
     barriers = set()
     checked: set[tuple[int, int]] = set()   # identical ops are one object: check each once per buffer table
     tables: dict[tuple, int] = {}
+    ids = trace.op_ids
+    if ids is not None:   # a decoded trace: visit each core's distinct ops once, count barriers on arrays
+        if len(ids) != len(trace.ops) or any(len(i) != len(o) for i, o in zip(ids, trace.ops)):
+            raise HwError("the trace's op tables do not match its op sequences")
+        barrier = np.array([type(op) is Op and op.kind == "barrier" for op in trace.op_table] + [False], bool)
     for core, (buffers, ops) in enumerate(zip(trace.buffers, trace.ops)):
         if len(ops) > MAX_OPS_PER_CORE:
             raise LimitError(f"core {core} issued {len(ops):,} ops; the limit is {MAX_OPS_PER_CORE:,} per core "
@@ -47,7 +54,13 @@ def validate_trace(trace: Trace, machine: MachineSpec, args: Sequence[TensorDecl
             table = tables[buffers] = len(tables)
         else:
             by_id = {d.id: d for d in buffers}
-        for op in ops:
+        if ids is not None:
+            core_ids = np.asarray(ids[core])
+            visit = map(trace.op_table.__getitem__, np.unique(core_ids).tolist())
+            n_barriers = int(barrier[core_ids].sum())
+        else:
+            visit, n_barriers = ops, sum(1 for op in ops if type(op) is Op and op.kind == "barrier")
+        for op in visit:
             if (id(op), table) in checked:
                 continue
             checked.add((id(op), table))
@@ -60,7 +73,7 @@ def validate_trace(trace: Trace, machine: MachineSpec, args: Sequence[TensorDecl
                     raise HwError(f"{op.kind}: writes GM tensor {tensors[v.base].name!r}, which is an input "
                                   "(inputs are read-only; write results to the output or a k.workspace)")
             check_op(op, machine)
-        barriers.add(sum(1 for op in ops if op.kind == "barrier"))
+        barriers.add(n_barriers)
     if len(barriers) > 1:
         raise HwError(f"barrier: cores reach different numbers of barriers ({sorted(barriers)})")
 
