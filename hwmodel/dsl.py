@@ -22,6 +22,8 @@ from hwmodel.ops import COMPARE_MODES, Op, check_op
 from hwmodel.spec import MachineSpec
 from hwmodel.views import BufferDecl, Ring, TensorDecl, View
 
+_getframe = sys._getframe   # the kernel's line of each op (a module global: one lookup less per op)
+
 
 @dataclass(frozen=True)
 class Trace:
@@ -120,6 +122,7 @@ class Kernel:
         self._machine = machine
         self._shared = shared
         self._distinct = shared.ops
+        self._max_ops = shared.max_ops_per_core
         self._n_workspaces = 0
         self._ops: list[Op] = []
         self._buffers: list[BufferDecl] = []
@@ -213,7 +216,7 @@ class Kernel:
         # Views are memoized (the same slice of the same buffer is one object), so an op is
         # identified by its operands' identities; a view reached another way is only a
         # separate (equal) op, checked on its own.
-        key = (kind, sys._getframe(2).f_lineno, params, *dst, None, *src)
+        key = (kind, _getframe(2).f_lineno, params, *dst, None, *src)
         try:
             op = self._distinct.get(key)
         except TypeError:
@@ -221,7 +224,7 @@ class Kernel:
         ops = self._ops
         if op is None:
             op = self._new_op(key, kind, dst, src, params)
-        elif len(ops) >= self._shared.max_ops_per_core:
+        elif len(ops) >= self._max_ops:
             self._too_many(kind)
         ops.append(op)
 
@@ -247,11 +250,33 @@ class Kernel:
 
     def copy(self, dst: View, src: View) -> None:
         """Move data along a data path of the machine (MTE pipes; L0C->UB on the vector side)."""
-        self._emit("copy", (dst,), (src,))
+        # _emit inlined (the most frequent op): the same key, the same checks
+        key = ("copy", _getframe(1).f_lineno, (), dst, None, src)
+        try:
+            op = self._distinct.get(key)
+        except TypeError:
+            op = None
+        ops = self._ops
+        if op is None:
+            op = self._new_op(key, "copy", (dst,), (src,), ())
+        elif len(ops) >= self._max_ops:
+            self._too_many("copy")
+        ops.append(op)
 
     def mma(self, acc: View, a: View, b: View, accumulate: bool = False, transpose_b: bool = False) -> None:
         """acc (L0C) (+)= a (L0A, MxK) @ b (L0B, KxN, or NxK with transpose_b) on the cube."""
-        self._emit("mma", (acc,), (a, b), (bool(accumulate), bool(transpose_b)))
+        params = (bool(accumulate), bool(transpose_b))
+        key = ("mma", _getframe(1).f_lineno, params, acc, None, a, b)   # _emit inlined, as in copy
+        try:
+            op = self._distinct.get(key)
+        except TypeError:
+            op = None
+        ops = self._ops
+        if op is None:
+            op = self._new_op(key, "mma", (acc,), (a, b), params)
+        elif len(ops) >= self._max_ops:
+            self._too_many("mma")
+        ops.append(op)
 
     def cast(self, dst: View, src: View) -> None:
         """Convert dtype (round to nearest even; saturating for integers)."""
