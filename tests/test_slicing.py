@@ -11,6 +11,7 @@ from evaluator.tasks import get_task
 from hwmodel.loader import load_kernel_source
 from hwmodel.simulate import declare, replay
 from hwmodel.dsl import record_trace
+from hwmodel import slicing
 from hwmodel.slicing import backward_slice
 from strategies.families import FAMILIES
 from tests.helpers import machine
@@ -50,9 +51,12 @@ def test_slice_equals_full_replay(name: str):
 
 
 @pytest.mark.parametrize("name", ["sgemm_cube", "attention_flash", "qgemm_int8_sparse"])
-def test_checked_rows_replay_rows_not_tiles(name: str):
+@pytest.mark.parametrize("min_saving", [0, slicing.MIN_ROW_SAVING])
+def test_checked_rows_replay_rows_not_tiles(name: str, min_saving: int, monkeypatch):
     """A few checked rows keep the cube products (and the copies feeding them) for those rows
-    only: the slice holds runs of rows, and the replayed values are still exact."""
+    only: the slice holds runs of rows, and the replayed values are still exact (with every
+    row-separable op kept by rows, and with only the large ones)."""
+    monkeypatch.setattr(slicing, "MIN_ROW_SAVING", min_saving)
     task, m, trace, inputs = _setup(name, 4)
     full, _, _ = replay(trace, m, inputs)
     out = full[task.output_name]
@@ -62,7 +66,8 @@ def test_checked_rows_replay_rows_not_tiles(name: str):
     out_id = next(t.id for t in trace.tensors if t.name == task.output_name)
     keep = backward_slice(trace, {out_id: targets})
     partial = [k for phase in keep for core in phase for k in core if k and k is not True]
-    assert partial and all(r1 - r0 < 8 for k in partial for r0, r1 in k)
+    if not min_saving:   # two checked rows: runs of one row each (merged runs stay short)
+        assert partial and all(r1 - r0 < 8 for k in partial for r0, r1 in k)
     sliced, _, _ = replay(trace, m, inputs, targets={task.output_name: targets})
     assert np.array_equal(sliced[task.output_name][targets], out[targets], equal_nan=True)
 
