@@ -126,3 +126,30 @@ def test_missing_empty_and_foreign_rows(tmp_path, built):
                    (json.dumps({**body, "future_field": 1}), run_id))
     run = ArchiveReader(copy).run(run_id)
     assert run.unreadable == 1 and len(run.points) == 10
+
+
+def test_a_builtin_run_shows_no_model_sections(built):
+    """A run without models: no spend, predictions, written-by or calls on its pages; empty in the API."""
+    import urllib.request
+
+    from test_viewer_browser import serve
+    archive, run_id = built
+    run = ArchiveReader(archive).run(run_id)
+    assert not run.by_models and run.llm.origins and not run.llm.predictions    # drafts say "builtin template"
+    server = serve(archive)
+    try:
+        def get(path: str) -> str:
+            with urllib.request.urlopen(server.url + path, timeout=60) as r:
+                return r.read().decode()
+        assert "model calls" not in get("/")
+        html = get(f"/runs/{run_id}")
+        assert 'id="models"' not in html and "written by" not in html and "Model spend" not in html
+        html = get(f"/runs/{run_id}/kernels/{run.best.strategy_id}")
+        for marker in ('id="written-by"', 'id="calls"', 'id="expected"', "Planned by"):
+            assert marker not in html, marker
+        data = json.loads(get(f"/api/runs/{run_id}"))
+        assert data["spend"]["calls"] == 0 and data["predictions"] == []
+        assert data["evaluations"][0]["written_by"]["kernel"]["author"] == "builtin"
+        assert json.loads(get(f"/api/runs/{run_id}/calls"))["calls"] == []
+    finally:
+        server.stop()

@@ -188,6 +188,41 @@ def test_leaderboard_and_api(live, built, page):
     assert page.request.get(f"{live.url}/api/leaderboard?task=hgemm").json()["groups"][0]["rows"][0]["id"] == run_id
 
 
+def test_model_run_pages_show_spend_misses_and_calls_as_text(tmp_path, page):
+    """A run written by hostile models: spend and misses on the run page; on a kernel page the calls
+    open as plain text (no element, no script, no dialog comes from them) and the parent kernel links."""
+    from test_viewer_pages import BREAKOUT, EVIL, llm_archive
+    store, run_id, s = llm_archive(tmp_path / "llm.sqlite")
+    server = serve(store.path)
+    dialogs = []
+    page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
+    try:
+        page.goto(f"{server.url}/runs/{run_id}")
+        assert page.locator("#spend-by tr").count() == 1 + 4 and "$0.0079" in page.locator("#spend-total").inner_text()
+        assert page.locator("#misses tr.miss").count() == 3
+        assert page.locator("#predictions circle.pred-pt").count() == 2
+        assert page.locator("#predictions circle.pred-pt.miss").count() == 1
+        shot(page, "run-models")
+        page.goto(f"{server.url}/runs/{run_id}/kernels/{s['met'].id}")
+        assert page.locator("#call-table tr").count() == 1 + 2
+        call = page.locator("details.call").nth(1)
+        assert not call.evaluate("e => e.open") and not call.locator("pre.text").first.is_visible()
+        call.locator("summary").first.click()
+        assert call.locator("details.answer pre.text").inner_text().startswith("<think>" + BREAKOUT)
+        prompt = call.locator("details.prompt").nth(1)
+        prompt.locator("summary").click()
+        assert prompt.locator("pre.text").inner_text() == "write " + EVIL
+        assert EVIL in page.locator("#techniques").inner_text() and page.locator("#measured").count() == 1
+        assert page.locator("main script, main img, main svg[onload]").count() == 0 and dialogs == []
+        shot(page, "kernel-models")
+        page.click("#parent-kernel-link")
+        assert page.url.endswith(f"/kernels/{s['seed'].id}")
+        assert_clean(page)
+    finally:
+        server.stop()
+        store.close()
+
+
 @pytest.mark.parametrize("path, status, words", [
     ("/runs/not%20a%20run!", 404, "is not a run id"),
     ("/runs/20990101-000000-abcdef", 404, "There is no run"),

@@ -91,7 +91,7 @@ def create_app(archive: str | Path, token: str | None = None, timeline_cache: Pa
     @app.get("/runs/{run_id}", response_class=HTMLResponse)
     def run_page(run_id: str):
         run = reader.run(pages.check_run_id(run_id))
-        return render("run.html", **pages.run_page(run))
+        return render("run.html", **pages.run_page(run, reader.spend(run.id)))
 
     @app.get("/runs/{run_id}/kernels/{strategy_id}", response_class=HTMLResponse)
     def kernel_page(run_id: str, strategy_id: str, core: int = Query(0, ge=0, le=4095)):
@@ -140,7 +140,15 @@ def create_app(archive: str | Path, token: str | None = None, timeline_cache: Pa
 
     @app.get("/api/runs/{run_id}")
     def api_run(run_id: str):      # plain JSONResponse: already JSON types, no encoder pass over 1,000 points
-        return JSONResponse(pages.run_json(reader.run(pages.check_run_id(run_id))))
+        run = reader.run(pages.check_run_id(run_id))
+        return JSONResponse(pages.run_json(run, reader.spend(run.id)))
+
+    @app.get("/api/runs/{run_id}/calls")
+    def api_calls(run_id: str, step: int | None = Query(None, ge=0), full: bool = Query(False)):
+        """The run's model calls in order (only step `step`'s when given); `full` adds each prompt and answer."""
+        run = reader.run(pages.check_run_id(run_id))
+        return JSONResponse(dict(run=run.id, spend=pages.spend_json(reader.spend(run.id)),
+                                 calls=[pages.call_json(c, full) for c in reader.calls(run.id, step, full)]))
 
     @app.get("/api/runs/{run_id}/kernels/{strategy_id}")
     def api_kernel(run_id: str, strategy_id: str):

@@ -11,6 +11,7 @@ from html import escape
 from typing import Callable
 
 from agents.viewer.data import Point, Roof
+from agents.viewer.llm import MISS_FACTOR, Verdict
 
 W, H = 640, 300
 LEFT, RIGHT, TOP, BOTTOM = 64, 16, 14, 42
@@ -28,11 +29,12 @@ class Scale:
         if hi <= lo:
             lo, hi = (lo / 2, lo * 2) if log else (lo - 1, lo + 1)
         self.lo, self.hi, self.a, self.b, self.log = lo, hi, a, b, log
+        self._start = math.log10(lo) if log else lo            # charts call this thousands of times a page
+        self._per_unit = (b - a) / ((math.log10(hi) if log else hi) - self._start)
 
     def __call__(self, v: float) -> float:
-        f = math.log10 if self.log else float
-        v = min(max(v, self.lo), self.hi)
-        return self.a + (f(v) - f(self.lo)) / (f(self.hi) - f(self.lo)) * (self.b - self.a)
+        v = self.lo if v < self.lo else self.hi if v > self.hi else v
+        return self.a + ((math.log10(v) if self.log else v) - self._start) * self._per_unit
 
     def ticks(self) -> list[float]:
         if self.log:
@@ -161,6 +163,41 @@ def roofline_svg(roof: Roof, points: list[Point], link: Link, shape: str) -> str
     for p in ok:
         out.append(f'<a href="{escape(link(p))}"><circle cx="{x:.1f}" cy="{ys(p.tflops):.1f}" r="3.6" '
                    f'class="roof-pt"><title>{_tip(p)} = {p.pct_roofline:.1f}% of the limit</title></circle></a>')
+    return "".join(out) + "</svg>"
+
+
+def predictions_svg(verdicts: list[Verdict], link: Callable[[str], str | None]) -> str:
+    """Each strategy's predicted speed-up over its first parent against the measured one (log-log):
+    the diagonal is a perfect prediction, the band within MISS_FACTOR of it; misses are red, failed
+    kernels red crosses on the bottom edge. `link(strategy_id)` is its kernel page, or None."""
+    values = [x for v in verdicts for x in (v.prediction.predicted, v.prediction.measured) if x]
+    if not values:
+        return _empty("no prediction yet", "predicted vs measured")
+    lo, hi = min(values + [1.0]) / 1.3, max(values + [1.0]) * 1.3
+    xs, ys = Scale(lo, hi, LEFT, W - RIGHT, log=True), Scale(lo, hi, H - BOTTOM, TOP, log=True)
+    out = _frame(xs, ys, "predicted speed-up over the first parent (log)", "measured speed-up (log)",
+                 "predicted vs measured")
+    band = [(lo, lo * MISS_FACTOR), (hi / MISS_FACTOR, hi), (hi, hi), (hi, hi / MISS_FACTOR),
+            (lo * MISS_FACTOR, lo), (lo, lo)]
+    out.append('<path d="M' + " L".join(f"{xs(x):.1f},{ys(y):.1f}" for x, y in band) + 'Z" class="band"/>'
+               f'<path d="M{xs(lo):.1f},{ys(lo):.1f} L{xs(hi):.1f},{ys(hi):.1f}" class="diag"/>'
+               f'<path d="M{LEFT},{ys(1.0):.1f} H{W - RIGHT}" class="unity"/>'
+               f'<text x="{W - RIGHT - 4}" y="{ys(1.0) - 4:.1f}" class="tick" text-anchor="end">'
+               f'as fast as the parent</text>')
+    for v in verdicts:
+        p = v.prediction
+        what = (f"#{p.seq}{f'.{p.attempt}' if p.attempt else ''} {p.strategy_id}: predicted {p.predicted:.2f}x, "
+                + (f"measured {p.measured:.2f}x" if p.measured is not None else "failed")
+                + f", attacks {p.bottleneck}" + (" (miss)" if v.miss else ""))
+        x = xs(p.predicted)
+        if p.measured is None:
+            mark = (f'<path d="M{x - 3:.1f},{H - BOTTOM - 3} l6,6 m0,-6 l-6,6" class="pred-fail">'
+                    f'<title>{escape(what)}</title></path>')
+        else:
+            mark = (f'<circle cx="{x:.1f}" cy="{ys(p.measured):.1f}" r="3.6" '
+                    f'class="pred-pt{" miss" if v.miss else ""}"><title>{escape(what)}</title></circle>')
+        href = link(p.strategy_id)
+        out.append(f'<a href="{escape(href)}">{mark}</a>' if href else mark)
     return "".join(out) + "</svg>"
 
 

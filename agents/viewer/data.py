@@ -13,8 +13,9 @@ from functools import lru_cache
 
 from pydantic import ValidationError
 
+from agents.viewer.llm import Call, LLMRecord, Spend, calls_key, read_calls, read_record, read_spend, spend_per_run
 from evaluator.result import EvalResult
-from strategies.archive import Archive, EvalRow, RunConfig
+from strategies.archive import Archive, EvalRow, KernelOrigin, RunConfig
 from strategies.strategy import Strategy
 
 
@@ -88,6 +89,21 @@ class RunData:
     roof_note: str                  # why there is no roofline, when there is none
     by_id: dict[str, int] = field(default_factory=dict)              # strategy id -> its last row
     kids: dict[str, tuple[int, ...]] = field(default_factory=dict)   # strategy id -> rows of its children
+    by_kernel: dict[str, int] = field(default_factory=dict)          # kernel hash -> its last row
+    llm: LLMRecord = field(default_factory=LLMRecord)                # who wrote what, predictions
+
+    @property
+    def by_models(self) -> bool:
+        """Did a model plan or write any of its kernels? (A builtin run shows no model sections.)"""
+        return any(o.author != "builtin" for o in self.llm.origins.values()) or \
+            any(r.strategy.author != "builtin" for r in self.rows)
+
+    def origin(self, row: EvalRow) -> KernelOrigin | None:
+        return self.llm.origins.get((row.seq, row.attempt))
+
+    def kernel_row(self, kernel_hash: str) -> EvalRow | None:
+        i = self.by_kernel.get(kernel_hash)
+        return None if i is None else self.rows[i]
 
     @property
     def ok_points(self) -> list[Point]:
@@ -229,6 +245,7 @@ class ArchiveReader:
     def __init__(self, path):
         self.path = path
         self._cache: dict[str, tuple[tuple, RunData]] = {}
+        self._memos: dict[tuple, tuple] = {}
         self._lock = threading.Lock()
 
     def open(self) -> Archive:
@@ -245,10 +262,43 @@ class ArchiveReader:
                 return []
             best = {b["id"]: b for b in store.best_per_run()}
             ok = dict(store.db.execute("SELECT run_id, COUNT(*) FROM evaluations WHERE status = 'ok' GROUP BY run_id"))
+            spend = self._memo(("spend per run",), calls_key(store.db), lambda: spend_per_run(store.db))
             return [dict(r, ok=ok.get(r["id"], 0), best_pct_roofline=best.get(r["id"], {}).get("pct_roofline"),
-                         best_strategy=best.get(r["id"], {}).get("strategy_id")) for r in store.runs()]
+                         best_strategy=best.get(r["id"], {}).get("strategy_id"),
+                         model_calls=spend.get(r["id"], (0, 0.0))[0], cost_usd=spend.get(r["id"], (0, 0.0))[1])
+                    for r in store.runs()]
         finally:
             store.close()
+
+    def spend(self, run_id: str) -> Spend:
+        """The run's model spend as of this request (calls are committed before their step's
+        evaluation), kept while no call is added."""
+        store = self.open()
+        try:
+            return self._memo(("spend", run_id), calls_key(store.db, run_id), lambda: read_spend(store.db, run_id))
+        finally:
+            store.close()
+
+    def calls(self, run_id: str, seq: int | None = None, full: bool = False) -> list[Call]:
+        """A run's model calls in order, only step `seq`'s when given; `full` adds prompts and answers."""
+        store = self.open()
+        try:
+            return read_calls(store.db, run_id, seq, full)
+        finally:
+            store.close()
+
+    def _memo(self, name: tuple, key, compute):
+        """compute(), or the value it gave last time `name` had this key (None: never cached)."""
+        with self._lock:
+            hit = self._memos.get(name)
+        if key is not None and hit and hit[0] == key:
+            return hit[1]
+        value = compute()
+        with self._lock:
+            self._memos[name] = (key, value)
+            if len(self._memos) > 64:
+                self._memos.pop(next(iter(self._memos)))
+        return value
 
     def leaderboard(self, task: str | None = None, machine: str | None = None) -> list[dict]:
         store = self.open()
@@ -315,4 +365,5 @@ def _load_run(store: Archive, run_id: str, created: float, status: str, config_j
         for parent in rows[i].strategy.parents:
             kids.setdefault(parent, []).append(i)
     return RunData(run_id, status, created, config, tuple(rows), unreadable, points, roof, note, by_id,
-                   {k: tuple(sorted(v)) for k, v in kids.items()})
+                   {k: tuple(sorted(v)) for k, v in kids.items()}, {r.kernel_hash: i for i, r in enumerate(rows)},
+                   read_record(store.db, run_id))
