@@ -220,7 +220,7 @@ def test_llm_read_model_spend_calls_origins_and_verdicts(tmp_path):
     verdicts = llm.verdicts(run.llm.predictions)
     assert [(v.prediction.seq, v.miss) for v in verdicts] == [(1, False), (2, True), (3, True), (3, True)]
     assert verdicts[1].ratio == pytest.approx(0.5 / 1.2) and verdicts[2].ratio is None
-    assert [v.prediction.seq for v in llm.worst_misses(verdicts)] == [3, 3, 2]     # failures first
+    assert [v.prediction.seq for v in llm.worst_misses(verdicts)] == [2, 3, 3]     # measured first, then failures
     by = {c.bottleneck: c for c in llm.calibration(verdicts)}
     assert by[SHORT_EVIL].predictions == 2 and by[SHORT_EVIL].misses == 1 and by["MTE2"].failed == 2
 

@@ -30,6 +30,8 @@ def _env() -> Environment:
                       trim_blocks=True, lstrip_blocks=True)
     env.filters["f"] = lambda v, spec=".2f": "-" if v is None else format(v, spec)
     env.filters["us"] = lambda ns: "-" if ns is None or ns == float("inf") else f"{ns / 1e3:,.2f} us"
+    env.filters["duration"] = lambda s: "-" if s is None else (f"{s:.1f} s" if s < 120 else f"{s / 60:.1f} min"
+                                                             if s < 7200 else f"{s / 3600:.1f} h")
     env.filters["when"] = lambda t: time.strftime("%Y-%m-%d %H:%M", time.localtime(t)) if t else "-"
     env.globals["kernel_url"] = pages.kernel_url
     env.globals["pygments_css"] = pages.PYGMENTS_CSS

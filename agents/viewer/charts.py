@@ -36,6 +36,10 @@ class Scale:
         v = self.lo if v < self.lo else self.hi if v > self.hi else v
         return self.a + ((math.log10(v) if self.log else v) - self._start) * self._per_unit
 
+    def unclamped(self, v: float) -> float:
+        """The pixel of a value outside the interval too (for lines the chart clips)."""
+        return self.a + ((math.log10(max(v, 1e-300)) if self.log else v) - self._start) * self._per_unit
+
     def ticks(self) -> list[float]:
         if self.log:
             k0, k1 = math.floor(math.log10(self.lo)), math.ceil(math.log10(self.hi))
@@ -167,20 +171,25 @@ def roofline_svg(roof: Roof, points: list[Point], link: Link, shape: str) -> str
 
 
 def predictions_svg(verdicts: list[Verdict], link: Callable[[str], str | None]) -> str:
-    """Each strategy's predicted speed-up over its first parent against the measured one (log-log):
-    the diagonal is a perfect prediction, the band within MISS_FACTOR of it; misses are red, failed
-    kernels red crosses on the bottom edge. `link(strategy_id)` is its kernel page, or None."""
-    values = [x for v in verdicts for x in (v.prediction.predicted, v.prediction.measured) if x]
-    if not values:
+    """Each strategy's predicted speed-up over its first parent against the measured one: the
+    diagonal is a perfect prediction, the band within MISS_FACTOR of it; misses are red, failed
+    kernels red crosses on the bottom edge. Each axis spans its own values (models predict in a
+    narrow range), on a log scale where they span more than 4x. `link(strategy_id)`: its kernel page or None."""
+    if not verdicts:
         return _empty("no prediction yet", "predicted vs measured")
-    lo, hi = min(values + [1.0]) / 1.3, max(values + [1.0]) * 1.3
-    xs, ys = Scale(lo, hi, LEFT, W - RIGHT, log=True), Scale(lo, hi, H - BOTTOM, TOP, log=True)
-    out = _frame(xs, ys, "predicted speed-up over the first parent (log)", "measured speed-up (log)",
-                 "predicted vs measured")
-    band = [(lo, lo * MISS_FACTOR), (hi / MISS_FACTOR, hi), (hi, hi), (hi, hi / MISS_FACTOR),
-            (lo * MISS_FACTOR, lo), (lo, lo)]
-    out.append('<path d="M' + " L".join(f"{xs(x):.1f},{ys(y):.1f}" for x, y in band) + 'Z" class="band"/>'
-               f'<path d="M{xs(lo):.1f},{ys(lo):.1f} L{xs(hi):.1f},{ys(hi):.1f}" class="diag"/>'
+    predicted = [v.prediction.predicted for v in verdicts]
+    measured = [v.prediction.measured for v in verdicts if v.prediction.measured] + [1.0]
+    x_log, y_log = max(predicted) > 4 * min(predicted), max(measured) > 4 * min(measured)   # log only if wide
+    xs = Scale(min(predicted) / 1.15, max(predicted) * 1.15, LEFT, W - RIGHT, log=x_log)
+    ys = Scale(min(measured) / 1.3, max(measured) * 1.3, H - BOTTOM, TOP, log=y_log)
+    out = _frame(xs, ys, "predicted speed-up over the first parent" + " (log)" * x_log,
+                 "measured speed-up" + " (log)" * y_log, "predicted vs measured")
+    along = [xs.lo + (xs.hi - xs.lo) * i / 48 for i in range(49)]       # the band's edges are curves unless log-log
+    line = lambda factor: [f"{xs(x):.1f},{ys.unclamped(x * factor):.1f}" for x in along]   # noqa: E731
+    out.append(f'<clipPath id="prediction-plot"><rect x="{LEFT}" y="{TOP}" width="{W - LEFT - RIGHT}" '
+               f'height="{H - TOP - BOTTOM}"/></clipPath><g clip-path="url(#prediction-plot)">'
+               f'<path d="M{" L".join(line(MISS_FACTOR) + line(1 / MISS_FACTOR)[::-1])}Z" class="band"/>'
+               f'<path d="M{" L".join(line(1.0))}" class="diag"/></g>'
                f'<path d="M{LEFT},{ys(1.0):.1f} H{W - RIGHT}" class="unity"/>'
                f'<text x="{W - RIGHT - 4}" y="{ys(1.0) - 4:.1f}" class="tick" text-anchor="end">'
                f'as fast as the parent</text>')

@@ -245,6 +245,6 @@ def _median(xs: list[float]) -> float:
 
 
 def worst_misses(vs: list[Verdict], limit: int = 20) -> list[Verdict]:
-    """Misses, failed kernels first, then by how far off (either way), at most `limit`."""
+    """Misses by how far off they were (either way), then the failed kernels; at most `limit`."""
     misses = [v for v in vs if v.miss]
-    return sorted(misses, key=lambda v: (v.ratio is not None, -abs(math.log(v.ratio)) if v.ratio else 0.0))[:limit]
+    return sorted(misses, key=lambda v: (v.ratio is None, -abs(math.log(v.ratio)) if v.ratio else 0.0))[:limit]
