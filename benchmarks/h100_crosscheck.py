@@ -78,11 +78,13 @@ class Method:
     error_target: bool = True
 
 
-# Knobs within the h100 capacities (L0C 64 KiB, L1 228 KiB, UB 64 KiB, L0A/L0B 64 KiB),
-# each the fastest of a small sweep at 8192^3 (GROUP = tile-row band of the swizzle).
-FP16 = Method("fp16", "hgemm_cube", "fp16", dict(BM=128, BN=128, BK1=192, BK=64, DRAIN_ROWS=32, GROUP=8))
+# Knobs within the h100 capacities (L0C 128 KiB, L1 228 KiB, UB 64 KiB, L0A/L0B 32 KiB), each the
+# fastest of a small sweep (GROUP = tile-row band of the swizzle). FP16: the 128x256 tile of Hopper
+# GEMM libraries (792 TFLOP/s at 4096^3; 128x128 on the earlier 64 KiB L0C: 613). SPLIT3: BK 64
+# (L0A holds a hi|lo pair of 64 x 2·BK fp16, two slots); at 4096^3 185.3 TFLOP/s, as BK 128 gave.
+FP16 = Method("fp16", "hgemm_cube", "fp16", dict(BM=128, BN=256, BK1=128, BK=32, DRAIN_ROWS=32, GROUP=8))
 SPLIT3 = Method("split3", "sgemm_termwise", "fp32",
-                dict(CHUNK=0, BM=64, BN=128, BK1=128, BK=128, ACC_SLOTS=1, GROUP=4))
+                dict(CHUNK=0, BM=64, BN=128, BK1=128, BK=64, ACC_SLOTS=1, GROUP=4))
 INT8 = Method("int8", "qgemm_int8", "fp32", dict(GROUP=16), error_target=False)
 FP32 = Method("fp32", "sgemm_vector", "fp32", dict(BM=64, BN=128, SLOTS=8), error_target=False)
 ERROR_METHODS = (FP16, SPLIT3, *(Method(f"split3_chunk{c}", "sgemm_termwise", "fp32", dict(CHUNK=c))
@@ -243,11 +245,11 @@ def ratio_rows(machine, measured, n, n_fp32, seed) -> tuple[list[dict], dict]:
 
 # --------------------------------------------------------------------------- attention
 # The library flash attention with knobs from its family's space that fit the h100 preset at
-# head dim 128 (L0C and UB are 64 KiB each: the kernel keeps S and O in L0C and again in UB,
-# so the query tile is 16 rows double-buffered or 32 single-buffered; FA2 on Hopper uses 128),
-# and the meta-kernel that picks its own tiles from the capacities.
-ATTENTION_KERNELS = (("attention_flash", dict(BQ=32, BKV=64, SLOTS=1)), ("attention_flash", dict(BQ=16, BKV=128, SLOTS=2)),
-                     ("attention_xyserve", {}))
+# head dim 128 (UB is 64 KiB: the kernel keeps S and O in L0C and again in UB, so the query tile
+# is 16 rows double-buffered or 32 single-buffered; FA2 on Hopper uses 128), and the
+# meta-kernel that picks its own tiles from the capacities.
+ATTENTION_KERNELS = (("attention_flash", dict(BQ=32, BKV=64, SLOTS=1)),
+                     ("attention_flash", dict(BQ=16, BKV=128, KV_STEP=32, SLOTS=2)), ("attention_xyserve", {}))
 
 
 def attention_rows(machine: MachineSpec, shape: tuple[int, int, int, int]) -> list[dict]:

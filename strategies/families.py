@@ -88,8 +88,8 @@ def _attention(name: str, task: str, summary: str, space: dict, extra: dict[str,
                   module="attention_flash" if base == "attention_lut" else base, fixed=fixed)
 
 
-# BQ 16/32 and BKV 64 are the tiles that fit the h100 preset at head dim 128 (64 KiB each of L0C and
-# UB: BQ 16 x BKV 128 double-buffered, or BQ 32 x BKV 64 single-buffered); 910A fits the defaults
+# BQ 16/32 and BKV 64 are the tiles that fit the h100 preset at head dim 128 (UB 64 KiB, L0B 32 KiB:
+# BQ 16 x BKV 128 double-buffered with KV_STEP 32, or BQ 32 x BKV 64 single-buffered); 910A fits the defaults
 _FLASH_SPACE = {"BQ": (16, 32, 64, 128), "BKV": (64, 128, 256, 512), "D_STEP": (32, 64), "KV_STEP": (32, 64, 128),
                 "SLOTS": (1, 2, 3)}
 _LUT_SPACE = {**_FLASH_SPACE, "LUT_SEGMENTS": (32, 48, 63)}

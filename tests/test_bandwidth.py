@@ -204,13 +204,13 @@ def test_a_transfer_waits_while_the_resource_is_full():
 
 
 # ---------------------------------------------------------------- attention on every preset that can run it
-ATTENTION_FITS = {"ascend-910a": {}, "h100": {"BQ": 16, "BKV": 128, "SLOTS": 2}}
+ATTENTION_FITS = {"ascend-910a": {}, "h100": {"BQ": 16, "BKV": 128, "KV_STEP": 32, "SLOTS": 2}}
 
 
 @pytest.mark.parametrize("machine_name", sorted(ATTENTION_FITS))
 def test_attention_family_has_knobs_that_fit_and_stay_within_rates(machine_name, rng):
     """The flash-attention family's space holds a point that fits each coupled-core preset at head
-    dim 128 (h100: 64 KiB of L0C and of UB), computes attention, and moves no more than the rates."""
+    dim 128 (h100: 64 KiB of UB, 32 KiB of L0B), computes attention, and moves no more than the rates."""
     from strategies.families import FAMILIES
     family = FAMILIES["attention_flash"]
     knobs = {**family.defaults(), **ATTENTION_FITS[machine_name]}
