@@ -121,6 +121,23 @@ def test_auto_falls_back_and_remembers_the_working_mode() -> None:
         assert [r.structured for r in records] == ["json_schema", "json_object"]
 
 
+def test_a_500_that_is_a_validation_error_of_response_format_falls_back_too() -> None:
+    """llama-cpp-python's server answers a json_schema response_format with HTTP 500 and a
+    pydantic validation error (found by the live tier); that is a refusal, not an outage."""
+    body = ("1 validation error: {'type': 'literal_error', 'loc': ('body', 'response_format', 'type'), "
+            "'msg': \"Input should be 'text' or 'json_object'\", 'input': 'json_schema'}")
+
+    def script(request: dict) -> Reply:
+        if request.get("response_format", {}).get("type") == "json_schema":
+            return Reply(body, status=500)
+        return Reply(GOOD)
+    with FakeLLM(script) as fake:
+        client, records = make_client()
+        assert ask(client, settings_for(fake, max_retries=0)).value == 7
+        assert [r.structured for r in records] == ["json_schema", "json_object"]
+        assert records[0].error.startswith("unsupported_format") and client.consecutive_failures == 0
+
+
 def test_explicit_mode_rejected_is_a_config_error(fake: FakeLLM) -> None:
     fake.push(Reply(GOOD, reject_response_format=True))
     client, _ = make_client()

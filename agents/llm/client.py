@@ -133,10 +133,13 @@ def _with_schema(messages: Sequence[dict], schema: dict | None, mode: str) -> li
 
 def _rejects_format(err: openai.APIStatusError) -> bool:
     """A 400/422 saying the server cannot honour response_format (vLLM without guided
-    decoding, llama.cpp without json_schema, older Ollama, proxies)."""
+    decoding, llama.cpp without json_schema, older Ollama, proxies), or a 500 whose body is a
+    validation error of response_format (llama-cpp-python's server answers json_schema so)."""
+    text = f"{err.message} {err.body}".lower()
+    if err.status_code == 500 and "response_format" in text:
+        return True
     if err.status_code not in (400, 422, 501):
         return False
-    text = f"{err.message} {err.body}".lower()
     return any(word in text for word in _FORMAT_WORDS) or "not supported" in text or "unsupported" in text
 
 
