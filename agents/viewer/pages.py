@@ -82,10 +82,12 @@ CALL_RECORD_FIELDS = ("served_model", "finish_reason", "structured", "attempts",
                       "response", "unreadable")
 
 
-def written_by_json(run: RunData, row: EvalRow) -> dict:
+def written_by_json(run: RunData, row: EvalRow, full: bool = True) -> dict:
+    """The strategy's author and the kernel's (role, author, mode; `full` adds the parent kernel,
+    AST hash and note): None where the archive does not say."""
     origin = run.origin(row)
-    return dict(strategist=row.strategy.author,
-                kernel={f: getattr(origin, f) for f in ORIGIN_FIELDS} if origin else None)
+    fields = ORIGIN_FIELDS if full else ("role", "author", "mode")
+    return dict(strategist=row.strategy.author, kernel={f: getattr(origin, f) for f in fields} if origin else None)
 
 
 _MODEL_VIEWS: dict[str, tuple[RunData, dict]] = {}     # run id -> (the parsed run they were drawn from, views)
@@ -287,7 +289,7 @@ def call_json(c: Call, full: bool) -> dict:
 def run_json(run: RunData, spend: Spend = Spend()) -> dict:
     return dict(id=run.id, status=run.status, created=run.created, config=run.config.model_dump(),
                 unreadable_rows=run.unreadable, roofline=asdict(run.roof) if run.roof else None,
-                evaluations=[dict(point_json(p), written_by=written_by_json(run, r))
+                evaluations=[dict(point_json(p), written_by=written_by_json(run, r, full=False))
                              for p, r in zip(run.points, run.rows)],
                 spend=spend_json(spend), predictions=[verdict_json(v) for v in verdicts(run.llm.predictions)],
                 convergence=convergence(list(run.points)),
