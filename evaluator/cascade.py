@@ -23,9 +23,9 @@ from evaluator.result import EvalResult, EvalStatus
 from evaluator.sandbox import SandboxLimits, SandboxRun
 from evaluator.tasks.base import Shape, Task, rel_fro
 from hwmodel.errors import HwError
-from hwmodel.execute import coverage
+from hwmodel.execute import coverage, replay_validated
 from hwmodel.roofline import report, roofline
-from hwmodel.simulate import declare, replay
+from hwmodel.simulate import declare
 from hwmodel.slicing import index
 from hwmodel.spec import MachineSpec
 from hwmodel.timing import simulate_timing
@@ -164,7 +164,7 @@ class _Cascade:
                 shape = task.small_shapes[(d * self.config.seeds + s) % len(task.small_shapes)]
                 rng = np.random.default_rng(rng_root.spawn(1)[0])
                 inputs = task.inputs(shape, dist, rng)
-                outputs, written, _ = replay(traces[task.format_shape(shape)], self.machine, inputs)
+                outputs, written = replay_validated(traces[task.format_shape(shape)], self.machine, inputs)
                 out = outputs[task.output_name]
                 ref = task.reference(inputs)
                 budget = task.budget(inputs, ref)
@@ -215,7 +215,7 @@ class _Cascade:
         targets, owner = check_targets(trace, out_id, rng, cfg.sample_rows, cfg.sample_elements)
         dist = task.hardest_distribution
         inputs = task.inputs(self.shape, dist, rng)
-        outputs, _, _ = replay(trace, machine, inputs, targets={task.output_name: targets})
+        outputs, _ = replay_validated(trace, machine, inputs, targets={task.output_name: targets})
         coords = np.nonzero(targets)
         got = outputs[task.output_name][coords]
         ref = task.reference(inputs, coords)

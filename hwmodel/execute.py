@@ -58,6 +58,29 @@ def _uninitialised(shape: tuple[int, ...], dtype: str) -> np.ndarray:
     return np.full(shape, _POISON_INT, np.int64).astype(NUMPY[dtype])
 
 
+def replay_validated(trace: Trace, machine: MachineSpec, data: dict[str, np.ndarray],
+                     targets: dict[str, np.ndarray] | None = None) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """hwmodel.simulate.replay for a trace that passed hwmodel.validate (it writes no input), on
+    the caller's input arrays without copying them: (outputs by name, written masks by name).
+    Workspaces and outputs start as NaN (integers as 0), as there."""
+    gm = {}
+    for t in trace.tensors:
+        if t.role == "input" and t.name in data:
+            arr = np.asarray(data[t.name], NUMPY[t.dtype]).view()
+            arr.flags.writeable = False      # a write would be a hole in validation: fail loudly
+            if arr.shape != t.shape:
+                raise ValueError(f"data for {t.name!r} has shape {arr.shape}, argument declares {t.shape}")
+            gm[t.id] = arr
+        else:
+            gm[t.id] = np.full(t.shape, np.nan if t.dtype in FLOATS else 0, NUMPY[t.dtype])
+    by_id = None if targets is None else {t.id: np.asarray(targets[t.name], bool)
+                                          for t in trace.tensors if t.name in targets}
+    written = run_numeric(trace, machine, gm, None, by_id)
+    names = {t.id: t.name for t in trace.tensors}
+    return ({t.name: gm[t.id] for t in trace.tensors if t.role == "output"},
+            {names[i]: mask for i, mask in written.items()})
+
+
 def run_numeric(trace: Trace, machine: MachineSpec, gm: dict[int, np.ndarray],
                 cores: set[int] | None = None, targets: dict[int, np.ndarray] | None = None) -> dict[int, np.ndarray]:
     """Replay `trace` on the GM arrays (modified in place). Returns, per output tensor id, a

@@ -180,7 +180,7 @@ def test_an_evaluator_bug_is_a_status_with_its_traceback(monkeypatch):
     def broken(*args, **kwargs):
         raise ZeroDivisionError("injected")
 
-    monkeypatch.setattr(cascade, "replay", broken)
+    monkeypatch.setattr(cascade, "replay_validated", broken)
     result = forged_evaluation(monkeypatch, honest_blobs())
     assert result.status is EvalStatus.evaluator_error
     assert "ZeroDivisionError" in result.traceback and "injected" not in result.message
