@@ -56,6 +56,7 @@ def tree_cpu_s() -> float:
 def measure(case: str, repeats: int) -> dict:
     """In a process whose sys.path starts with the code tree to measure: evaluate `case`."""
     from evaluator.cascade import EvalConfig, evaluate
+    from evaluator.sandbox import SandboxLimits
     from evaluator.tasks import get_task
     from hwmodel.spec import load_machine
     from strategies.families import FAMILIES
@@ -74,7 +75,10 @@ def measure(case: str, repeats: int) -> dict:
     walls, cpus, status = [], [], ""
     for i in range(repeats):
         cpu, started = tree_cpu_s(), time.perf_counter()
-        result = evaluate(source, task, machine, shape, EvalConfig(seed=100 + i))
+        # generous sandbox limits: on a loaded machine the session-start code's recording of the
+        # termwise family at 4096^3 takes longer than the default 60 s wall clock
+        config = EvalConfig(seed=100 + i, limits=SandboxLimits(wall_s=900, cpu_s=900))
+        result = evaluate(source, task, machine, shape, config)
         walls.append(time.perf_counter() - started)
         cpus.append(tree_cpu_s() - cpu)
         status = result.status.value
