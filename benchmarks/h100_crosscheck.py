@@ -30,16 +30,28 @@ per-k loop of column loads and rank-1 updates, which does not depend on n; the t
 
 Targets: simulated error within 2x of measured for fp16, split3 and split3_chunk* on every
 distribution and size; simulated time ratios within 25% of the measured ones.
-Known miss, not calibrated away: INT8 vs FP16. The GPU's torch._int_mm (cuBLASLt IMMA,
-int32 out) reaches 917 TOPS = 46% of the INT8 peak, FP16 71% of its peak. The INT8 probe
-(benchmarks/gpu/int8_probe.py; data/h100_int8_probe.json) found no faster INT8 kernel on the
-machine: cuBLASLt with B column-major 770 / 825 TOPS at 4096 / 8192 (B row-major 123 / 129, an
-autotuned Triton kernel 246 / 283), FP16 721 / 769 TFLOP/s in the same run. A one-off probe
-saw FP8 GEMMs (same tensor-core peak as INT8) at 1238 TFLOP/s, and the INT8 GEMM at higher
-SM clocks than FP16 under the 700 W cap, so the gap is the available INT8 kernels'
-efficiency, not the hardware. The simulated INT8 kernel gets the full 2x of the
-cube's INT8 mode (ratio ~0.47 vs 0.77); lowering the INT8 rate in the preset would be a
-per-kernel fudge.
+Absolute rates at 8192^3 (simulated / measured; issue 15: HBM and L2 are each one resource shared
+by every transfer, and the h100 register file holds 128x256 FP16 accumulator tiles): FP16 816 /
+705 TFLOP/s (741 and 769 in two other runs on the same kind of machine: DESIGN.md, the INT8
+probe), split3 210 / 212, FP32 (2048^3 rate) 53 / 51, INT8 1218 / 917 TOPS. FP16 runs 6-16% fast:
+the preset's clock (1.83 GHz, from the 989 TFLOP/s peak) and its L2 (10 TB/s, assumed) are
+datasheet-level, while a real dense FP16 GEMM runs power-capped under 700 W (the runs' spread;
+a one-off probe saw the INT8 GEMM at higher SM clocks than FP16). Before issue 15 the FP16 GEMM
+reached 545 (each SM got a static 1/132 of L2, and its 128x128 tiles, the largest a 64 KiB L0C
+held, needed more).
+INT8 vs FP16 (within 25% since issue 15, ratio 0.87; 0.63 before): the GPU's torch._int_mm
+(cuBLASLt IMMA, int32 out) reaches 917 TOPS = 46% of the INT8 peak, FP16 71% of its peak. The
+INT8 probe (benchmarks/gpu/int8_probe.py; data/h100_int8_probe.json) found no faster INT8 kernel
+on the machine: cuBLASLt with B column-major 770 / 825 TOPS at 4096 / 8192 (B row-major 123 /
+129, an autotuned Triton kernel 246 / 283), FP16 721 / 769 TFLOP/s in the same run. A one-off
+probe saw FP8 GEMMs (same tensor-core peak as INT8) at 1238 TFLOP/s, so the gap is the available
+INT8 kernels' efficiency, not the hardware. The simulated INT8 kernel gets the full 2x of the
+cube's INT8 mode; lowering the INT8 rate in the preset would be a per-kernel fudge.
+
+Attention (information, no target): the library flash attention on the h100 preset at
+1x8x4096x128 with knobs from its family's space that fit (UB 64 KiB holds S, P and O of at most
+32 query rows at head dim 128), as % of the FP16 peak, beside the real-GPU figures quoted in
+issue 15 (data/h100_attention_reference.json; not measured by this project).
 """
 from __future__ import annotations
 
