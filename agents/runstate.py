@@ -7,7 +7,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Callable
 
-from agents.roles import Context, Draft, Miss, ast_hash
+from agents.roles import Context, Draft, Miss, ast_hash, source_hash
 from evaluator.result import EvalResult
 from evaluator.tasks import get_task
 from hwmodel.spec import load_machine
@@ -47,6 +47,7 @@ class RunState:
     predictions: list[Prediction] = field(default_factory=list)
     elites: Elites = field(default_factory=Elites)
     seen_ast: set[str] = field(default_factory=set)
+    archived: dict[str, str] = field(default_factory=dict)     # source hash -> the archive's kernel hash
     next_batch: int = 0
 
     @classmethod
@@ -57,7 +58,9 @@ class RunState:
         for row in archive.evaluations(run_id):
             origin = origins.get((row.seq, row.attempt))
             self._add(_Row(row.seq, row.attempt, row.strategy, row.result, row.kernel_hash, origin))
-            self.seen_ast.add(origin.ast_hash if origin and origin.ast_hash else ast_hash(archive.source(row.kernel_hash)))
+            source = archive.source(row.kernel_hash)
+            self.seen_ast.add(origin.ast_hash if origin and origin.ast_hash else ast_hash(source))
+            self.archived[source_hash(source)] = row.kernel_hash
         self.predictions = archive.predictions(run_id)
         if self.rows:
             last = max(r.seq for r in self.rows)
@@ -80,16 +83,20 @@ class RunState:
         row = max((r for r in self.rows if r.seq == seq), key=lambda r: r.attempt)
         origin = row.origin or KernelOrigin("coder", "builtin", "template")
         source = self.archive.source(row.kernel_hash)
+        parent = next((h for h, key in self.archived.items() if key == origin.parent_kernel), "")
         return Step(seq, row.attempt, row.strategy, Draft(source, origin.role, origin.author, origin.mode,
-                                                          origin.parent_kernel, origin.note)), row.result
+                                                          parent, origin.note)), row.result
 
     def record(self, step: Step, result: EvalResult) -> None:
+        """Records an evaluation; the kernel's parent is named by the archive's kernel hash
+        (empty when the parent was never evaluated, e.g. a library reference rendered anew)."""
         d = step.draft
-        origin = KernelOrigin(d.role, d.author, d.mode, d.parent_kernel, d.ast_hash, d.note)
+        origin = KernelOrigin(d.role, d.author, d.mode, self.archived.get(d.parent_kernel, ""), d.ast_hash, d.note)
         prediction = self._prediction(step, result)
         self.archive.record(self.run_id, step.seq, step.attempt, step.strategy, d.source, result, origin, prediction)
         self._add(_Row(step.seq, step.attempt, step.strategy, result, result.source_hash, origin))
         self.seen_ast.add(d.ast_hash)
+        self.archived[d.hash] = result.source_hash
         if prediction:
             self.predictions.append(prediction)
 

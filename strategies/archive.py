@@ -53,7 +53,7 @@ class KernelOrigin:
     role: str
     author: str
     mode: str
-    parent_kernel: str = ""
+    parent_kernel: str = ""       # the kernel hash (in this archive) of the kernel it was derived from
     ast_hash: str = ""
     note: str = ""
 

@@ -99,7 +99,9 @@ def test_fixes_are_attempts_of_the_same_step_and_count_against_the_budget(tmp_pa
     assert fixed and all(r.result.ok for r in fixed) and fixer.calls and set(fixer.calls) == {1}
     origins = archive.origins(run_id)
     assert origins[(1, 1)].role == "fixer" and origins[(1, 0)].role == "coder"
-    assert origins[(1, 1)].parent_kernel == Draft(kernel(1), "coder", "fake", "full").hash
+    first = next(r for r in rows if (r.seq, r.attempt) == (1, 0))
+    assert origins[(1, 1)].parent_kernel == first.kernel_hash          # the failed kernel, as the archive names it
+    assert archive.source(origins[(1, 1)].parent_kernel) == kernel(1)
 
 
 def test_repeated_strategies_and_kernels_are_drawn_again_never_evaluated(tmp_path):

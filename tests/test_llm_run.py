@@ -75,6 +75,9 @@ def test_a_run_records_every_call_and_replays_offline_step_for_step(tmp_path):
         assert role == "coder" and model == "default" and mode in ("full", "diff")
         assert strategy["author"] == "strategist:default" and strategy["expected"]["speedup"] == 1.1
     assert len(rows(archive, run_id, "SELECT * FROM predictions WHERE run_id = ?")) == 3
+    parents = rows(archive, run_id, "SELECT COUNT(*) FROM drafts d JOIN kernels k ON k.hash = d.parent_kernel "
+                                    "WHERE d.run_id = ? AND d.author != 'builtin'")
+    assert parents == [(3,)]                          # each names the archived kernel it was derived from
     # the key never reaches disk: not in the database, its WAL, or anything else written
     for path in (tmp_path / ".cubepilot").rglob("*"):
         if path.is_file():
