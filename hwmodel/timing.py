@@ -450,7 +450,7 @@ def _simulate_timing(trace: Trace, machine: MachineSpec, timeline_core: int | No
 
     heap = [(0.0, c) for c in active]
     parked: list[int] = []
-    gm_pipes = sorted({pipe_idx[p.pipe] for p in machine.paths if "GM" in (p.src, p.dst)})
+    gm_pipes = sorted({pipe_idx[p.pipe] for p in machine.paths if "GM" in (p.src, p.dst)}) or [s_pipe]
     pops = 0
     while heap or parked:
         if not heap:  # every live core waits at the barrier
