@@ -7,14 +7,17 @@ from math import prod
 
 import numpy as np
 import pytest
+from hypothesis import given, settings, strategies as st
 
+from evaluator.tasks import get_task
 from helpers import gemm_args, library_kernel, machine
 from hwmodel.dsl import Trace
 from hwmodel.errors import BudgetError, HwError
 from hwmodel.limits import MAX_L2_BLOCK_TOUCHES
 from hwmodel.ops import Op
 from hwmodel.simulate import TensorArg, simulate
-from hwmodel.timing import _block_entries, _GmAccess, l2_work, simulate_timing
+from hwmodel import timing
+from hwmodel.timing import _Bandwidth, _block_entries, _GmAccess, l2_work, simulate_timing
 from hwmodel.views import View
 
 pytestmark = pytest.mark.sim
@@ -424,3 +427,47 @@ def test_thin_copies_over_many_blocks_fail_fast_with_the_numbers():
     assert time.process_time() - started < 1.0
     assert BudgetError.rule == "trusted budget" and issubclass(BudgetError, HwError)
     assert l2_work(forged, spec) > MAX_L2_BLOCK_TOUCHES
+
+
+# ---------------------------------------------------------------- the compiled bandwidth profile
+needs_numba = pytest.mark.skipif(not timing._HAVE_NUMBA, reason="numba is not installed")
+
+
+@needs_numba
+@given(st.lists(st.tuples(st.floats(0, 1000), st.floats(0, 5000), st.sampled_from([1, 32.0, 64, 300.0]),
+                          st.booleans()), min_size=1, max_size=60))
+@settings(max_examples=60, deadline=None)
+def test_compiled_profile_moves_bytes_bit_for_bit_like_the_lists(requests):
+    plain, compiled = _Bandwidth(400, 1000.0), _Bandwidth(400, 1000.0, compiled=True)
+    for t, nbytes, cap, hbm in requests:
+        assert compiled.move(t, nbytes, cap, hbm) == plain.move(t, nbytes, cap, hbm)
+    assert compiled.segments() == plain.segments()
+
+
+@needs_numba
+def test_compiled_profile_grows_and_forgets_like_the_lists():
+    rng = np.random.default_rng(5)
+    plain, compiled = _Bandwidth(100.0, 300.0), _Bandwidth(100.0, 300.0, compiled=True)
+    t = 0.0
+    for step in range(6000):             # > 4,096 segments kept: the arrays double
+        t += float(rng.uniform(0, 3))
+        nbytes, cap, hbm = int(rng.integers(1, 4000)), float(rng.choice([32.0, 64.0, 128.0])), bool(step % 3)
+        assert compiled.move(t, nbytes, cap, hbm) == plain.move(t, nbytes, cap, hbm)
+        if step % 500 == 499:
+            plain.forget_before(t - 200.0)
+            compiled.forget_before(t - 200.0)
+            assert compiled.segments() == plain.segments()
+    assert compiled.segments() == plain.segments()
+
+
+@needs_numba
+@pytest.mark.parametrize("name,machine_name,args", [
+    ("sgemm_cube", M910, gemm_args(256, 512, 256, "fp32")),
+    ("hgemm_cube", M910, gemm_args(512, 256, 512, "fp16")),
+    ("attention_flash", M910, get_task("attention").args((1, 2, 256, 64)))])
+def test_engine_gives_the_same_result_with_and_without_the_compiled_profile(name, machine_name, args, monkeypatch):
+    spec = machine(machine_name)
+    trace = simulate(library_kernel(name), spec, list(args)).trace
+    plain = simulate_timing(trace, spec, timeline_core=0, record_transfers=True)
+    monkeypatch.setattr(timing, "COMPILED_MIN_TRANSFERS", 0)
+    assert simulate_timing(trace, spec, timeline_core=0, record_transfers=True) == plain
