@@ -99,10 +99,11 @@ class _GmAccess:
 
 
 _NEVER = float("inf")
-# Traces with at least this many GM transfers move their bytes through the compiled profile
-# (hwmodel._timing_compiled), when numba is installed: the same results, ~10x faster per
-# transfer, after ~0.5 s once per process to import numba and load the cached code.
-COMPILED_MIN_TRANSFERS = 20_000
+# Traces of at least this many ops run the compiled loop (hwmodel._timing_engine; with a timeline
+# or recorded transfers, the Python loop on the compiled bandwidth profile) when numba is
+# installed: the same results, 3-5x faster, after ~0.5 s once per process to import numba and
+# load the cached machine code (the first compile, ~10 s, is cached in __pycache__).
+COMPILED_MIN_OPS = 100_000
 _HAVE_NUMBA = find_spec("numba") is not None
 
 
@@ -313,6 +314,67 @@ def _block_entries(view, base_shape: tuple[int, ...], br: int, per_block: int, s
     return runs * min(rows, -(-(rows - 1) // br) + 1) * col_blocks
 
 
+def _run_compiled(trace: Trace, machine: MachineSpec, distinct: dict[int, Op], compiled: dict[int, tuple],
+                  pipe_idx: dict[str, int], s_pipe: int, l2_capacity: int) -> tuple:
+    """Run the engine's loop compiled (hwmodel._timing_engine) on arrays of the distinct ops:
+    (pipe_free, busy, finish per core as lists, L2 hit bytes, HBM bytes), as the Python loop gives them."""
+    from hwmodel import _timing_engine
+    gm = machine.gm
+    per_block = max(1, gm.l2_block_bytes // gm.sector_bytes)
+    row_bits = (1 << per_block) - 1
+    index = {i: d for d, i in enumerate(compiled)}
+    n_ops = len(index)
+    op_pipe, op_acc = np.full(n_ops, -1, np.int64), np.full(n_ops, -1, np.int64)
+    op_cycles, op_lat = np.zeros(n_ops), np.zeros(n_ops)
+    keys: dict[int, int] = {}           # hazard key -> dense id
+    rd_ptr, rd_keys, wr_ptr, wr_keys = [0], [], [0], []
+    accesses: dict[int, int] = {}       # id(_GmAccess) -> dense id
+    acc_list: list[_GmAccess] = []
+    for d, (p, cycles, latency, reads, writes, access) in enumerate(compiled.values()):
+        op_pipe[d], op_cycles[d], op_lat[d] = p, cycles, latency
+        rd_keys += [keys.setdefault(k, len(keys)) for k in reads]
+        wr_keys += [keys.setdefault(k, len(keys)) for k in writes]
+        rd_ptr.append(len(rd_keys))
+        wr_ptr.append(len(wr_keys))
+        if access is not None:
+            a = accesses.get(id(access))
+            if a is None:
+                a = accesses[id(access)] = len(acc_list)
+                acc_list.append(access)
+            op_acc[d] = a
+    blocks: dict[int, int] = {}         # L2 block key -> dense id
+    acc_ptr, cell_block, cell_lo, cell_hi, cell_cols = [0], [], [], [], []
+    for access in acc_list:             # a block's mask is rows lo..hi-1, each with the same sectors
+        for key, mask in access.blocks:
+            lo = ((mask & -mask).bit_length() - 1) // per_block
+            cell_block.append(blocks.setdefault(key, len(blocks)))
+            cell_lo.append(lo)
+            cell_hi.append((mask.bit_length() - 1) // per_block + 1)
+            cell_cols.append((mask >> (lo * per_block)) & row_bits)
+        acc_ptr.append(len(cell_block))
+    if trace.op_ids is not None:        # decoded traces: the per-core programs are arrays already
+        to_dense = np.array([index.get(id(op), -1) for op in trace.op_table], np.int64)
+        programs = [to_dense[np.asarray(ids, np.int64)] for ids in trace.op_ids]
+    else:
+        programs = [np.fromiter(map(index.__getitem__, map(id, ops)), np.int64, len(ops)) for ops in trace.ops]
+    prog_ptr = np.zeros(len(programs) + 1, np.int64)
+    prog_ptr[1:] = np.cumsum([len(x) for x in programs])
+    gm_pipes = sorted({pipe_idx[p.pipe] for p in machine.paths if "GM" in (p.src, p.dst)}) or [s_pipe]
+    as_int = (lambda x: np.asarray(x, np.int64))
+    pf, bz, _, fin, hit, miss = _timing_engine.run(
+        prog_ptr, np.concatenate(programs) if programs else np.zeros(0, np.int64),
+        as_int([c for c, ops in enumerate(trace.ops) if ops]), op_pipe, op_cycles, op_lat, op_acc,
+        as_int(rd_ptr), as_int(rd_keys), as_int(wr_ptr), as_int(wr_keys), max(1, len(keys)),
+        as_int(acc_ptr), as_int(cell_block), as_int(cell_lo), as_int(cell_hi), as_int(cell_cols), max(1, len(blocks)),
+        gm.l2_block_rows, as_int([a.charged_bytes for a in acc_list]), np.array([a.is_write for a in acc_list], bool),
+        np.array([a.setup for a in acc_list], float), np.array([a.hit_cap for a in acc_list], float),
+        np.array([a.miss_cap for a in acc_list], float), len(machine.pipes), s_pipe, as_int(gm_pipes),
+        float(machine.issue_cycles), float(machine.barrier_cycles), l2_capacity, gm.sector_bytes,
+        float(gm.hbm_latency_cycles), float(gm.l2_latency_cycles), float(machine.hbm_bytes_per_cycle),
+        float(machine.l2_bytes_per_cycle), 1e-9 * max(machine.hbm_bytes_per_cycle, machine.l2_bytes_per_cycle))
+    return pf.tolist(), bz.tolist(), fin.tolist(), hit, miss
+
+
 def simulate_timing(trace: Trace, machine: MachineSpec, timeline_core: int | None = None,
                     record_transfers: bool = False) -> TimingResult:
     """Time a trace on the machine. `timeline_core` records that core's per-op intervals;
@@ -381,12 +443,8 @@ def _simulate_timing(trace: Trace, machine: MachineSpec, timeline_core: int | No
             f"is {gm.l2_block_rows} rows x {gm.l2_block_bytes} B of a tensor: move data in fewer, larger transfers "
             "of contiguous rows (whole tiles), not thin slices that span many blocks")
     compiled = {i: compile_op(op) for i, op in distinct.items()}
-    programs = [list(map(compiled.__getitem__, map(id, ops))) for ops in trace.ops]
+    n_ops = len(ids)
     del flat, ids
-    n_transfers = sum(counts[i] for i, c in compiled.items() if c[5] is not None)
-    bandwidth = _Bandwidth(machine.hbm_bytes_per_cycle, machine.l2_bytes_per_cycle,
-                           compiled=_HAVE_NUMBA and n_transfers >= COMPILED_MIN_TRANSFERS)
-    move = bandwidth.move
     op_counts: Counter = Counter()
     bytes_by_path: Counter = Counter()
     for i, n in counts.items():
@@ -395,124 +453,133 @@ def _simulate_timing(trace: Trace, machine: MachineSpec, timeline_core: int | No
         if op.kind == "copy":
             bytes_by_path[f"{op.src[0].space}->{op.dst[0].space}"] += n * op.dst[0].nbytes
 
-    n_pipes = len(pipes)
-    pipe_free = {c: [0.0] * n_pipes for c in active}
-    busy = {c: [0.0] * n_pipes for c in active}
-    s_clock = {c: 0.0 for c in active}
-    write_done = {c: {} for c in active}
-    read_done = {c: {} for c in active}
-    position = {c: 0 for c in active}
-    finish = {c: 0.0 for c in active}
-    timeline: list[tuple[int, str, float, float]] = []
-    transfers: list[tuple[int, str, float, float, int, int]] = []
+    large = _HAVE_NUMBA and n_ops >= COMPILED_MIN_OPS
+    if large and timeline_core is None and not record_transfers and gm.l2_block_bytes // gm.sector_bytes <= 62:
+        pf, bz, fin, hit, miss = _run_compiled(trace, machine, distinct, compiled, pipe_idx, s_pipe, l2_capacity)
+        pipe_free, busy, finish = ({c: x[c] for c in active} for x in (pf, bz, fin))
+        stats, timeline, transfers = {"hit": hit, "miss": miss}, [], []
+    else:
+        programs = [list(map(compiled.__getitem__, map(id, ops))) for ops in trace.ops]
+        bandwidth = _Bandwidth(machine.hbm_bytes_per_cycle, machine.l2_bytes_per_cycle, compiled=large)
+        move = bandwidth.move
+        n_pipes = len(pipes)
+        pipe_free = {c: [0.0] * n_pipes for c in active}
+        busy = {c: [0.0] * n_pipes for c in active}
+        s_clock = {c: 0.0 for c in active}
+        write_done = {c: {} for c in active}
+        read_done = {c: {} for c in active}
+        position = {c: 0 for c in active}
+        finish = {c: 0.0 for c in active}
+        timeline: list[tuple[int, str, float, float]] = []
+        transfers: list[tuple[int, str, float, float, int, int]] = []
 
-    def gm_bytes(access: _GmAccess) -> tuple[int, int, int]:
-        """(L2 hit bytes, HBM bytes, latency) of one transfer; L2 residency is tracked per block, row and sector."""
-        hit_sectors = 0
-        for key, cells in access.blocks:
-            resident = l2.pop(key, 0)
-            l2[key] = resident | cells
-            hit_sectors += (resident & cells).bit_count()
-        while len(l2) > l2_capacity:
-            l2.popitem(last=False)
-        hit = hit_sectors * sector_bytes
-        miss = access.charged_bytes - hit
-        if access.is_write:   # write-allocate in L2; the data still goes to HBM
-            stats["miss"] += access.charged_bytes
-            return 0, access.charged_bytes, 0
-        stats["hit"] += hit
-        stats["miss"] += miss
-        return hit, miss, gm.hbm_latency_cycles if miss else gm.l2_latency_cycles
+        def gm_bytes(access: _GmAccess) -> tuple[int, int, int]:
+            """(L2 hit bytes, HBM bytes, latency) of one transfer; L2 residency is tracked per block, row and sector."""
+            hit_sectors = 0
+            for key, cells in access.blocks:
+                resident = l2.pop(key, 0)
+                l2[key] = resident | cells
+                hit_sectors += (resident & cells).bit_count()
+            while len(l2) > l2_capacity:
+                l2.popitem(last=False)
+            hit = hit_sectors * sector_bytes
+            miss = access.charged_bytes - hit
+            if access.is_write:   # write-allocate in L2; the data still goes to HBM
+                stats["miss"] += access.charged_bytes
+                return 0, access.charged_bytes, 0
+            stats["hit"] += hit
+            stats["miss"] += miss
+            return hit, miss, gm.hbm_latency_cycles if miss else gm.l2_latency_cycles
 
-    def run_core(c: int) -> str:
-        """Run core c until its next GM transfer (run that one first) or barrier or the end."""
-        prog = programs[c]
-        n = len(prog)
-        pf, bz, wd, rd = pipe_free[c], busy[c], write_done[c], read_done[c]
-        s = s_clock[c]
-        i = position[c]
-        done = finish[c]
-        record = c == timeline_core
-        first = True
-        state = "done"
-        while i < n:
-            p, cycles, latency, reads, writes, access = prog[i]
-            if p < 0:
-                state = "barrier"
-                break
-            if access is not None:
-                if not first:
-                    state = "gm"
+        def run_core(c: int) -> str:
+            """Run core c until its next GM transfer (run that one first) or barrier or the end."""
+            prog = programs[c]
+            n = len(prog)
+            pf, bz, wd, rd = pipe_free[c], busy[c], write_done[c], read_done[c]
+            s = s_clock[c]
+            i = position[c]
+            done = finish[c]
+            record = c == timeline_core
+            first = True
+            state = "done"
+            while i < n:
+                p, cycles, latency, reads, writes, access = prog[i]
+                if p < 0:
+                    state = "barrier"
                     break
-                hit, miss, latency = gm_bytes(access)
-            first = False
-            s += issue
-            bz[s_pipe] += issue
-            start = s if s > pf[p] else pf[p]
-            for k in reads:
-                t = wd.get(k, 0.0)
-                if t > start:
-                    start = t
-            for k in writes:
-                t = wd.get(k, 0.0)
-                if t > start:
-                    start = t
-                t = rd.get(k, 0.0)
-                if t > start:
-                    start = t
-            if access is None:
-                end = start + cycles
-            else:             # hits cross L2, then misses (and writes) cross HBM and L2, at what is left
-                end = move(move(start + access.setup, hit, access.hit_cap, False), miss, access.miss_cap, True)
-                cycles = end - start
-                if record_transfers:
-                    transfers.append((c, pipes[p], start, end, miss, hit + miss))
-            pf[p] = end
-            bz[p] += cycles
-            for k in reads:
-                if rd.get(k, 0.0) < end:
-                    rd[k] = end
-            ready = end + latency
-            for k in writes:
-                wd[k] = ready
-            if ready > done:
-                done = ready
-            if record:
-                timeline.append((i, pipes[p], start, end))
-            i += 1
-        position[c], s_clock[c], finish[c] = i, s, done
-        return state
+                if access is not None:
+                    if not first:
+                        state = "gm"
+                        break
+                    hit, miss, latency = gm_bytes(access)
+                first = False
+                s += issue
+                bz[s_pipe] += issue
+                start = s if s > pf[p] else pf[p]
+                for k in reads:
+                    t = wd.get(k, 0.0)
+                    if t > start:
+                        start = t
+                for k in writes:
+                    t = wd.get(k, 0.0)
+                    if t > start:
+                        start = t
+                    t = rd.get(k, 0.0)
+                    if t > start:
+                        start = t
+                if access is None:
+                    end = start + cycles
+                else:             # hits cross L2, then misses (and writes) cross HBM and L2, at what is left
+                    end = move(move(start + access.setup, hit, access.hit_cap, False), miss, access.miss_cap, True)
+                    cycles = end - start
+                    if record_transfers:
+                        transfers.append((c, pipes[p], start, end, miss, hit + miss))
+                pf[p] = end
+                bz[p] += cycles
+                for k in reads:
+                    if rd.get(k, 0.0) < end:
+                        rd[k] = end
+                ready = end + latency
+                for k in writes:
+                    wd[k] = ready
+                if ready > done:
+                    done = ready
+                if record:
+                    timeline.append((i, pipes[p], start, end))
+                i += 1
+            position[c], s_clock[c], finish[c] = i, s, done
+            return state
 
-    def next_start(c: int) -> float:
-        p = programs[c][position[c]][0]
-        return max(s_clock[c] + issue, pipe_free[c][p])
+        def next_start(c: int) -> float:
+            p = programs[c][position[c]][0]
+            return max(s_clock[c] + issue, pipe_free[c][p])
 
-    heap = [(0.0, c) for c in active]
-    parked: list[int] = []
-    gm_pipes = sorted({pipe_idx[p.pipe] for p in machine.paths if "GM" in (p.src, p.dst)}) or [s_pipe]
-    pops = 0
-    while heap or parked:
-        if not heap:  # every live core waits at the barrier
-            t = max(max(finish[c], max(pipe_free[c]), s_clock[c]) for c in parked) + machine.barrier_cycles
-            for c in parked:
-                pipe_free[c] = [t] * n_pipes
-                s_clock[c] = t
-                finish[c] = t
-                position[c] += 1
-                heap.append((t, c))
-            heapq.heapify(heap)
-            parked = []
-            continue
-        _, c = heapq.heappop(heap)
-        pops += 1
-        if pops % 256 == 0:              # no core starts a GM transfer before its issue clock and GM pipes allow
-            bandwidth.forget_before(min(max(s_clock[x] + issue, min([pipe_free[x][p] for p in gm_pipes]))
-                                        for x in chain((c,), (x for _, x in heap))))
-        state = run_core(c)
-        if state == "gm":
-            heapq.heappush(heap, (next_start(c), c))
-        elif state == "barrier":
-            parked.append(c)
+        heap = [(0.0, c) for c in active]
+        parked: list[int] = []
+        gm_pipes = sorted({pipe_idx[p.pipe] for p in machine.paths if "GM" in (p.src, p.dst)}) or [s_pipe]
+        pops = 0
+        while heap or parked:
+            if not heap:  # every live core waits at the barrier
+                t = max(max(finish[c], max(pipe_free[c]), s_clock[c]) for c in parked) + machine.barrier_cycles
+                for c in parked:
+                    pipe_free[c] = [t] * n_pipes
+                    s_clock[c] = t
+                    finish[c] = t
+                    position[c] += 1
+                    heap.append((t, c))
+                heapq.heapify(heap)
+                parked = []
+                continue
+            _, c = heapq.heappop(heap)
+            pops += 1
+            if pops % 256 == 0:              # no core starts a GM transfer before its issue clock and GM pipes allow
+                bandwidth.forget_before(min(max(s_clock[x] + issue, min([pipe_free[x][p] for p in gm_pipes]))
+                                            for x in chain((c,), (x for _, x in heap))))
+            state = run_core(c)
+            if state == "gm":
+                heapq.heappush(heap, (next_start(c), c))
+            elif state == "barrier":
+                parked.append(c)
 
     total = max((max(finish[c], max(pipe_free[c])) for c in active), default=0.0)
     core_cycles = [max(finish[c], max(pipe_free[c])) if c in finish else 0.0 for c in range(len(trace.ops))]

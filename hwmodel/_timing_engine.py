@@ -1,0 +1,247 @@
+"""The timing engine's event loop and L2 model compiled with numba, for large traces.
+
+The same model as hwmodel.timing's Python loop, step for step: cores taken in (next start,
+core) order, ops in program order, the same float operations in the same order, an LRU L2
+with one bit per (row, sector) of a block. Its results equal the Python loop's bit for bit
+(tests/test_timing.py runs both); hwmodel.timing prepares the arrays and builds the result.
+"""
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+from hwmodel._timing_compiled import move
+
+_M1, _M2, _M4 = 0x5555555555555555, 0x3333333333333333, 0x0F0F0F0F0F0F0F0F
+
+
+@njit(cache=True)
+def _popcount(x):
+    """Set bits of a non-negative int64 below 2**62."""
+    x = x - ((x >> 1) & _M1)
+    x = (x & _M2) + ((x >> 2) & _M2)
+    x = (x + (x >> 4)) & _M4
+    x += x >> 8
+    x += x >> 16
+    x += x >> 32
+    return x & 0x7F
+
+
+@njit(cache=True)
+def _grow(times, use_h, use_l, n):
+    size = 2 * times.shape[0]
+    t2, h2, l2 = np.zeros(size), np.zeros(size), np.zeros(size)
+    t2[:n] = times[:n]
+    h2[:n] = use_h[:n]
+    l2[:n] = use_l[:n]
+    return t2, h2, l2
+
+
+@njit(cache=True)
+def run(prog_ptr, prog_ops, active, op_pipe, op_cycles, op_lat, op_acc, rd_ptr, rd_keys, wr_ptr, wr_keys, n_keys,
+        acc_ptr, cell_block, cell_lo, cell_hi, cell_cols, n_blocks, block_rows, acc_charged, acc_write, acc_setup,
+        acc_hit_cap, acc_miss_cap, n_pipes, s_pipe, gm_pipes, issue, barrier_cycles, l2_capacity, sector_bytes,
+        hbm_latency, l2_latency, hbm_cap, l2_cap, eps):
+    """Run every core to its end: (pipe_free, busy, s_clock, finish, L2 hit bytes, HBM bytes)."""
+    n_cores = prog_ptr.shape[0] - 1
+    pipe_free = np.zeros((n_cores, n_pipes))
+    busy = np.zeros((n_cores, n_pipes))
+    s_clock = np.zeros(n_cores)
+    finish = np.zeros(n_cores)
+    position = prog_ptr[:-1].copy()
+    write_done = np.zeros((n_cores, n_keys))
+    read_done = np.zeros((n_cores, n_keys))
+    # L2: residency per (block, row) as a bit per sector; LRU order as a doubly linked list
+    resident = np.zeros((n_blocks, block_rows), np.int64)
+    prev = np.full(n_blocks, -1, np.int64)
+    nxt = np.full(n_blocks, -1, np.int64)
+    in_l2 = np.zeros(n_blocks, np.bool_)
+    head, tail, in_use = -1, -1, 0
+    hit_total, miss_total = 0.0, 0.0
+    # the bandwidth profile (hwmodel.timing._Bandwidth)
+    times, use_h, use_l = np.zeros(4096), np.zeros(4096), np.zeros(4096)
+    count = np.ones(1, np.int64)
+    # the heap of (next start, core): at most one entry per core, popped in (time, core) order
+    in_heap = np.zeros(n_cores, np.bool_)
+    key = np.zeros(n_cores)
+    parked = np.zeros(n_cores, np.bool_)
+    n_heap, n_parked = 0, 0
+    for c in active:
+        in_heap[c] = True
+        n_heap += 1
+    pops = 0
+    while n_heap > 0 or n_parked > 0:
+        if n_heap == 0:                       # every live core waits at the barrier
+            t = -np.inf
+            for c in range(n_cores):
+                if parked[c]:
+                    v = finish[c]
+                    for p in range(n_pipes):
+                        if pipe_free[c, p] > v:
+                            v = pipe_free[c, p]
+                    if s_clock[c] > v:
+                        v = s_clock[c]
+                    if v > t:
+                        t = v
+            t = t + barrier_cycles
+            for c in range(n_cores):
+                if parked[c]:
+                    pipe_free[c, :] = t
+                    s_clock[c] = t
+                    finish[c] = t
+                    position[c] += 1
+                    key[c] = t
+                    in_heap[c] = True
+                    parked[c] = False
+            n_heap, n_parked = n_parked, 0
+            continue
+        c = -1
+        for x in range(n_cores):
+            if in_heap[x] and (c < 0 or key[x] < key[c]):
+                c = x
+        in_heap[c] = False
+        n_heap -= 1
+        pops += 1
+        if pops % 256 == 0:                  # forget the profile before any core's next GM transfer
+            bound = np.inf
+            for x in range(n_cores):
+                if x == c or in_heap[x]:
+                    g = np.inf
+                    for p in gm_pipes:
+                        if pipe_free[x, p] < g:
+                            g = pipe_free[x, p]
+                    v = s_clock[x] + issue
+                    if g > v:
+                        v = g
+                    if v < bound:
+                        bound = v
+            n = count[0]
+            k = np.searchsorted(times[:n], bound, side="right") - 1
+            if k > 64:
+                times[:n - k] = times[k:n].copy()
+                use_h[:n - k] = use_h[k:n].copy()
+                use_l[:n - k] = use_l[k:n].copy()
+                count[0] = n - k
+        # ---- run core c until its next GM transfer (run that one first), a barrier or its end
+        i = position[c]
+        stop = prog_ptr[c + 1]
+        s = s_clock[c]
+        done = finish[c]
+        first = True
+        state = 0
+        while i < stop:
+            d = prog_ops[i]
+            p = op_pipe[d]
+            if p < 0:
+                state = 2
+                break
+            a = op_acc[d]
+            cycles = op_cycles[d]
+            latency = op_lat[d]
+            hit, miss = 0, 0
+            if a >= 0:
+                if not first:
+                    state = 1
+                    break
+                hit_sectors = 0
+                for e in range(acc_ptr[a], acc_ptr[a + 1]):
+                    b = cell_block[e]
+                    if in_l2[b]:                 # take it out of the LRU order ...
+                        if prev[b] >= 0:
+                            nxt[prev[b]] = nxt[b]
+                        else:
+                            head = nxt[b]
+                        if nxt[b] >= 0:
+                            prev[nxt[b]] = prev[b]
+                        else:
+                            tail = prev[b]
+                        in_use -= 1
+                    cols = cell_cols[e]
+                    for r in range(cell_lo[e], cell_hi[e]):
+                        old = resident[b, r]
+                        hit_sectors += _popcount(old & cols)
+                        resident[b, r] = old | cols
+                    prev[b] = tail                # ... and put it back as the most recent
+                    nxt[b] = -1
+                    if tail >= 0:
+                        nxt[tail] = b
+                    else:
+                        head = b
+                    tail = b
+                    in_l2[b] = True
+                    in_use += 1
+                while in_use > l2_capacity:       # evict the least recent
+                    h = head
+                    head = nxt[h]
+                    if head >= 0:
+                        prev[head] = -1
+                    else:
+                        tail = -1
+                    in_l2[h] = False
+                    resident[h, :] = 0
+                    in_use -= 1
+                hit = hit_sectors * sector_bytes
+                miss = acc_charged[a] - hit
+                if acc_write[a]:                  # write-allocate in L2; the data still goes to HBM
+                    miss_total += acc_charged[a]
+                    hit, miss = 0, acc_charged[a]
+                    latency = 0.0
+                else:
+                    hit_total += hit
+                    miss_total += miss
+                    latency = hbm_latency if miss else l2_latency
+            first = False
+            s += issue
+            busy[c, s_pipe] += issue
+            start = s if s > pipe_free[c, p] else pipe_free[c, p]
+            for j in range(rd_ptr[d], rd_ptr[d + 1]):
+                t = write_done[c, rd_keys[j]]
+                if t > start:
+                    start = t
+            for j in range(wr_ptr[d], wr_ptr[d + 1]):
+                t = write_done[c, wr_keys[j]]
+                if t > start:
+                    start = t
+                t = read_done[c, wr_keys[j]]
+                if t > start:
+                    start = t
+            if a < 0:
+                end = start + cycles
+            else:             # hits cross L2, then misses (and writes) cross HBM and L2, at what is left
+                end = start + acc_setup[a]
+                for leg in range(2):
+                    nbytes = hit if leg == 0 else miss
+                    if nbytes > 0:
+                        cap = acc_hit_cap[a] if leg == 0 else acc_miss_cap[a]
+                        got = move(times, use_h, use_l, count, end, float(nbytes), cap, leg == 1, hbm_cap, l2_cap, eps)
+                        if got < 0.0:
+                            times, use_h, use_l = _grow(times, use_h, use_l, count[0])
+                            got = move(times, use_h, use_l, count, end, float(nbytes), cap, leg == 1, hbm_cap,
+                                       l2_cap, eps)
+                        end = got
+                cycles = end - start
+            pipe_free[c, p] = end
+            busy[c, p] += cycles
+            for j in range(rd_ptr[d], rd_ptr[d + 1]):
+                if read_done[c, rd_keys[j]] < end:
+                    read_done[c, rd_keys[j]] = end
+            ready = end + latency
+            for j in range(wr_ptr[d], wr_ptr[d + 1]):
+                write_done[c, wr_keys[j]] = ready
+            if ready > done:
+                done = ready
+            i += 1
+        position[c] = i
+        s_clock[c] = s
+        finish[c] = done
+        if state == 1:
+            v = s + issue
+            if pipe_free[c, op_pipe[prog_ops[i]]] > v:
+                v = pipe_free[c, op_pipe[prog_ops[i]]]
+            key[c] = v
+            in_heap[c] = True
+            n_heap += 1
+        elif state == 2:
+            parked[c] = True
+            n_parked += 1
+    return pipe_free, busy, s_clock, finish, hit_total, miss_total
