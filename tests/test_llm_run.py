@@ -22,7 +22,7 @@ pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).parents[1]
 CLI = [sys.executable, "-c", "from agents.cli import main; main()"]
-SEEDS = 4          # sgemm's published strategies, evaluated before the model is asked
+SEEDS = 1          # hgemm's published strategy, evaluated before the model is asked
 
 
 def cubepilot(*args: str, cwd: Path, env: dict | None = None) -> subprocess.CompletedProcess:
@@ -34,7 +34,7 @@ def llm_run(fake: FakeLLM, tmp_path: Path, *extra: str, budget: int = SEEDS + 3,
     if "--api-key-env" not in extra:
         extra = (*extra, "--no-api-key")
     return cubepilot("run", "--backend", "openai", "--model", "fake-model", "--base-url", fake.base_url,
-                     "--price-in", "1.0", "--price-out", "2.0", "--budget", str(budget), "--shape", "256x256x256",
+                     "--price-in", "1.0", "--price-out", "2.0", "--budget", str(budget), "--task", "hgemm", "--shape", "256x256x256",
                      "--seed", "2", "--json", *extra, cwd=tmp_path, env=env)
 
 
