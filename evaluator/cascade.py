@@ -24,6 +24,7 @@ from evaluator.sandbox import SandboxLimits, SandboxRun
 from evaluator.tasks.base import Shape, Task, rel_fro
 from hwmodel.errors import HwError
 from hwmodel.execute import coverage, replay_validated
+from hwmodel.numerics import single_blas
 from hwmodel.roofline import report, roofline
 from hwmodel.simulate import declare
 from hwmodel.slicing import index
@@ -48,12 +49,17 @@ class EvalConfig:
 def evaluate(source: str, task: Task, machine: MachineSpec, shape: Shape | None = None,
              config: EvalConfig = EvalConfig(), cache: EvalCache | None = None) -> EvalResult:
     """Evaluate one candidate. Never raises for anything the candidate does: every failure,
-    including one of the trusted side itself, is a status (see EvalStatus)."""
+    including one of the trusted side itself, is a status (see EvalStatus).
+
+    The trusted side computes on one BLAS thread: OpenBLAS's matrix and dot products change
+    in their last bits with the thread count, so errors and budgets would otherwise depend
+    on the machine's cores (and small products only pay for the threads' wake-ups)."""
     shape = shape or task.bench_shape
     key = evaluation_key(source, task, machine, shape, config)
     if cache is not None and (hit := cache.get(key)) is not None:
         return hit
-    result = _Cascade(source, task, machine, shape, config, key).guarded()
+    with single_blas():
+        result = _Cascade(source, task, machine, shape, config, key).guarded()
     if cache is not None:
         cache.put(key, result)
     return result

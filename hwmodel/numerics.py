@@ -18,11 +18,10 @@ _blas = None   # threadpoolctl's controller, found once (finding the libraries c
 
 @contextmanager
 def single_blas():
-    """BLAS on one thread inside: many small products (replays, row panels) only pay threads'
-    wake-ups and spinning. Only where values cannot change: OpenBLAS's matrix-vector products
-    split their outputs over threads, but its matrix products (fp32 and fp64) and dot products
-    (norms) change in the last bits with the thread count, so references and budgets stay on
-    the caller's threads."""
+    """BLAS on one thread inside. Many small products (replays, row panels) only pay threads'
+    wake-ups and spinning, and OpenBLAS's matrix products (fp32 and fp64) and dot products
+    (norms) change in their last bits with the thread count: the evaluator runs every
+    candidate inside this, so its errors and budgets are the same on every machine."""
     global _blas
     if _blas is None:
         from threadpoolctl import ThreadpoolController
