@@ -39,7 +39,7 @@ def _grow(times, use_h, use_l, n):
 
 @njit(cache=True)
 def run(prog_ptr, prog_ops, active, op_pipe, op_cycles, op_lat, op_acc, rd_ptr, rd_keys, wr_ptr, wr_keys, n_keys,
-        acc_ptr, cell_block, cell_lo, cell_hi, cell_cols, n_blocks, block_rows, acc_charged, acc_write, acc_setup,
+        acc_origin, acc_base, org_ptr, cell_local, cell_lo, cell_hi, cell_cols, n_blocks, block_rows, acc_charged, acc_write, acc_setup,
         acc_hit_cap, acc_miss_cap, n_pipes, s_pipe, gm_pipes, issue, barrier_cycles, l2_capacity, sector_bytes,
         hbm_latency, l2_latency, hbm_cap, l2_cap, eps):
     """Run every core to its end: (pipe_free, busy, s_clock, finish, L2 hit bytes, HBM bytes)."""
@@ -144,8 +144,9 @@ def run(prog_ptr, prog_ops, active, op_pipe, op_cycles, op_lat, op_acc, rd_ptr, 
                     state = 1
                     break
                 hit_sectors = 0
-                for e in range(acc_ptr[a], acc_ptr[a + 1]):
-                    b = cell_block[e]
+                base, o = acc_base[a], acc_origin[a]
+                for e in range(org_ptr[o], org_ptr[o + 1]):
+                    b = base + cell_local[e]
                     if in_l2[b]:                 # take it out of the LRU order ...
                         if prev[b] >= 0:
                             nxt[prev[b]] = nxt[b]

@@ -64,7 +64,8 @@ class _GmAccess:
     and marks exactly the sectors it charged, so hit bytes = resident & touched bits x sector bytes.
     """
 
-    __slots__ = ("blocks", "is_write", "charged_bytes", "path_bpc", "setup", "pipe_index", "hit_cap", "miss_cap")
+    __slots__ = ("_blocks", "is_write", "charged_bytes", "path_bpc", "setup", "pipe_index", "hit_cap", "miss_cap",
+                 "blocks_per_row", "tensor", "origin", "delta")
 
     def __init__(self, op: Op, machine: MachineSpec, tensor_index: dict[int, int], base_shape: tuple[int, ...]):
         (dst,), (src,) = op.dst, op.src
@@ -79,9 +80,11 @@ class _GmAccess:
         self.miss_cap = min(path.bytes_per_cycle,                                 # misses; writes go to L2
                             gm.core_write_bytes_per_cycle if self.is_write else gm.core_hbm_bytes_per_cycle)
         sector, per_block, s0, s1, blocks_per_row = _sector_geometry(view, gm, base_shape)
+        self.blocks_per_row = blocks_per_row
         runs = _row_runs(view.offset[:-1], view.extent[:-1], base_shape[:-1])
         self.charged_bytes = sum(r1 - r0 for r0, r1 in runs) * (s1 - s0) * sector
-        tensor = tensor_index[view.base]
+        tensor = self.tensor = tensor_index[view.base]
+        self.origin, self.delta = self, 0     # built here, not moved from another transfer
         br = gm.l2_block_rows
         repunit = ((1 << (per_block * br)) - 1) // ((1 << per_block) - 1)   # bit 0 of every row of a block
         col_masks = []   # (block column, its sectors touched in one row)
@@ -95,7 +98,25 @@ class _GmAccess:
                 rows = (repunit >> (per_block * (br - (hi - lo)))) << (per_block * lo)
                 for cb, cols in col_masks:
                     blocks.append(((tensor << 40) | (rb * blocks_per_row + cb), rows * cols))
-        self.blocks = tuple(blocks)
+        self._blocks = tuple(blocks)
+
+    @property
+    def blocks(self) -> tuple[tuple[int, int], ...]:
+        """(block key, mask of its (row, sector) bits touched) of every L2 block the transfer touches."""
+        if self._blocks is None:
+            self._blocks = tuple([(key + self.delta, cells) for key, cells in self.origin._blocks])
+        return self._blocks
+
+    def moved(self, delta: int, tensor: int) -> "_GmAccess":
+        """The same transfer at block keys `delta` further on, in `tensor`: another tensor or another
+        row of blocks, at the same place within them (GM tiles of one shape repeat across a tensor)."""
+        new = _GmAccess.__new__(_GmAccess)
+        new.is_write, new.charged_bytes, new.path_bpc, new.setup = (self.is_write, self.charged_bytes,
+                                                                    self.path_bpc, self.setup)
+        new.pipe_index, new.hit_cap, new.miss_cap = self.pipe_index, self.hit_cap, self.miss_cap
+        new.blocks_per_row, new.tensor, new.origin = self.blocks_per_row, tensor, self.origin
+        new.delta, new._blocks = self.delta + delta, None
+        return new
 
 
 _NEVER = float("inf")
@@ -342,16 +363,38 @@ def _run_compiled(trace: Trace, machine: MachineSpec, distinct: dict[int, Op], c
                 a = accesses[id(access)] = len(acc_list)
                 acc_list.append(access)
             op_acc[d] = a
-    blocks: dict[int, int] = {}         # L2 block key -> dense id
-    acc_ptr, cell_block, cell_lo, cell_hi, cell_cols = [0], [], [], [], []
-    for access in acc_list:             # a block's mask is rows lo..hi-1, each with the same sectors
-        for key, mask in access.blocks:
-            lo = ((mask & -mask).bit_length() - 1) // per_block
-            cell_block.append(blocks.setdefault(key, len(blocks)))
-            cell_lo.append(lo)
-            cell_hi.append((mask.bit_length() - 1) // per_block + 1)
-            cell_cols.append((mask >> (lo * per_block)) & row_bits)
-        acc_ptr.append(len(cell_block))
+    # L2 blocks get dense ids tensor by tensor: the blocks of tensor t are ids offset[t] + (key's
+    # low 40 bits). A transfer touches its origin's blocks moved by `delta` (see _GmAccess.moved),
+    # so the cells are listed once per origin and each transfer adds its own dense base.
+    low = (1 << 40) - 1
+    origins: dict[int, int] = {}        # id(origin _GmAccess) -> dense id
+    org_ptr, cell_local, cell_lo, cell_hi, cell_cols, org_top = [0], [], [], [], [], []
+    acc_origin, acc_shift, acc_tensor = [], [], []
+    tensor_top: dict[int, int] = {}     # tensor -> 1 + the largest block index touched
+    for access in acc_list:
+        origin = access.origin
+        o = origins.get(id(origin))
+        if o is None:
+            o = origins[id(origin)] = len(org_top)
+            top = 0
+            for key, mask in origin._blocks:   # a block's mask: rows lo..hi-1, each with the same sectors
+                lo = ((mask & -mask).bit_length() - 1) // per_block
+                cell_local.append(key & low)
+                cell_lo.append(lo)
+                cell_hi.append((mask.bit_length() - 1) // per_block + 1)
+                cell_cols.append((mask >> (lo * per_block)) & row_bits)
+                top = max(top, (key & low) + 1)
+            org_ptr.append(len(cell_local))
+            org_top.append(top)
+        shift = access.delta - ((access.tensor - origin.tensor) << 40)   # within the tensor's block indices
+        acc_origin.append(o)
+        acc_shift.append(shift)
+        acc_tensor.append(access.tensor)
+        tensor_top[access.tensor] = max(tensor_top.get(access.tensor, 0), org_top[o] + shift)
+    offset, n_blocks = {}, 0
+    for tensor in sorted(tensor_top):
+        offset[tensor], n_blocks = n_blocks, n_blocks + tensor_top[tensor]
+    acc_base = [offset[t] + shift for t, shift in zip(acc_tensor, acc_shift)]
     if trace.op_ids is not None:        # decoded traces: the per-core programs are arrays already
         to_dense = np.array([index.get(id(op), -1) for op in trace.op_table], np.int64)
         programs = [to_dense[np.asarray(ids, np.int64)] for ids in trace.op_ids]
@@ -365,7 +408,8 @@ def _run_compiled(trace: Trace, machine: MachineSpec, distinct: dict[int, Op], c
         prog_ptr, np.concatenate(programs) if programs else np.zeros(0, np.int64),
         as_int([c for c, ops in enumerate(trace.ops) if ops]), op_pipe, op_cycles, op_lat, op_acc,
         as_int(rd_ptr), as_int(rd_keys), as_int(wr_ptr), as_int(wr_keys), max(1, len(keys)),
-        as_int(acc_ptr), as_int(cell_block), as_int(cell_lo), as_int(cell_hi), as_int(cell_cols), max(1, len(blocks)),
+        as_int(acc_origin), as_int(acc_base), as_int(org_ptr), as_int(cell_local), as_int(cell_lo), as_int(cell_hi),
+        as_int(cell_cols), max(1, n_blocks),
         gm.l2_block_rows, as_int([a.charged_bytes for a in acc_list]), np.array([a.is_write for a in acc_list], bool),
         np.array([a.setup for a in acc_list], float), np.array([a.hit_cap for a in acc_list], float),
         np.array([a.miss_cap for a in acc_list], float), len(machine.pipes), s_pipe, as_int(gm_pipes),
@@ -403,6 +447,8 @@ def _simulate_timing(trace: Trace, machine: MachineSpec, timeline_core: int | No
     # ---- costs and GM footprints (cores sharing a panel) are computed once
     static_memo: dict[tuple, tuple] = {}
     gm_memo: dict[tuple, _GmAccess] = {}
+    templates: dict[tuple, tuple[_GmAccess, tuple[int, int]]] = {}   # 2-D tile geometry -> (built, where)
+    block_rows = gm.l2_block_rows
 
     def compile_op(op: Op) -> tuple:
         kind, dst, src = op.kind, op.dst, op.src
@@ -415,7 +461,22 @@ def _simulate_timing(trace: Trace, machine: MachineSpec, timeline_core: int | No
             sig = (src[0].space, dst[0].space, g.base, g.offset, g.extent)
             access = gm_memo.get(sig)
             if access is None:
-                access = gm_memo[sig] = _GmAccess(op, machine, tensor_index, tensor_shapes[g.base])
+                shape = tensor_shapes[g.base]
+                if len(shape) != 2:
+                    access = gm_memo[sig] = _GmAccess(op, machine, tensor_index, shape)
+                else:   # a 2-D tile: the same blocks as a tile of its shape built before, moved
+                    r0 = g.offset[0]
+                    shape_sig = (src[0].space, dst[0].space, g.dtype, shape[-1], g.offset[-1], g.extent, r0 % block_rows)
+                    template = templates.get(shape_sig)
+                    where = (tensor_index[g.base], r0 // block_rows)
+                    if template is None:
+                        access = _GmAccess(op, machine, tensor_index, shape)
+                        templates[shape_sig] = (access, where)
+                    else:
+                        built, (tensor, row_block) = template
+                        access = built.moved(((where[0] - tensor) << 40) + (where[1] - row_block) * built.blocks_per_row,
+                                             where[0])
+                    gm_memo[sig] = access
             return (access.pipe_index, 0, 0, reads, writes, access)
         if kind == "copy":
             sig = (src[0].space, dst[0].space, dst[0].extent, dst[0].dtype)
