@@ -5,12 +5,11 @@ fixer that repairs a failed kernel from its structured failure.
 Each asks through a client (`ask(settings, role, messages, parse, schema=None,
 schema_name="answer")`, agents.llm.client.LLMClient in a run) and picks its model per call.
 Parsing validates against the run's context, so a bad answer is re-asked by the client with
-an error the model can act on. Model output is only parsed (ast.parse for hashing and syntax
-errors) and passed on as text: it runs nowhere but in the evaluator's sandbox.
+an error the model can act on (a kernel that does not parse is the evaluator's to report).
+Model output is only read as text and passed on: it runs nowhere but in the evaluator's sandbox.
 """
 from __future__ import annotations
 
-import ast
 import json
 import re
 from dataclasses import dataclass
@@ -285,10 +284,9 @@ def parse_code(text: str) -> CodeAnswer:
         raise ValueError("the answer holds no complete ```python block defining kernel(k, ...) at module level; "
                          "send the whole kernel module in one ```python block")
     source = kernels[-1].strip("\n") + "\n"
-    try:
-        ast.parse(source)
-    except SyntaxError as err:
-        raise ValueError(f"the kernel does not parse: line {err.lineno}: {err.msg}") from None
+    # A kernel that does not parse is not re-asked: the evaluator reports the syntax error
+    # (compile_error, with its line) and the fixer gets it, like any other failure; the
+    # kernel the model wrote is recorded either way.
     return CodeAnswer(mode="full", source=source, note=_note(text), text=text)
 
 
