@@ -268,9 +268,8 @@ def l2_work(trace: Trace, machine: MachineSpec) -> int:
     """How many (L2 block, transfer) touches timing this trace takes: over the distinct GM
     copies, the blocks each one's view spans times how often it is issued. From the views'
     geometry alone, in time linear in the trace, before any block is built."""
-    flat = list(chain.from_iterable(trace.ops))
-    ids = list(map(id, flat))
-    return _l2_touches(dict(zip(ids, flat)), Counter(ids), machine, {t.id: t.shape for t in trace.tensors})[0]
+    distinct, counts, _ = _distinct_ops(trace)
+    return _l2_touches(distinct, counts, machine, {t.id: t.shape for t in trace.tensors})[0]
 
 
 def _l2_touches(distinct: dict[int, Op], counts: Counter, machine: MachineSpec,
@@ -333,6 +332,25 @@ def _block_entries(view, base_shape: tuple[int, ...], br: int, per_block: int, s
     if runs <= 4096:
         return sum(spans(r0) for r0, _ in _row_runs(offset, extent, shape)) * col_blocks
     return runs * min(rows, -(-(rows - 1) // br) + 1) * col_blocks
+
+
+def _distinct_ops(trace: Trace) -> tuple[dict[int, Op], Counter, int]:
+    """(distinct ops by id, in first-issue order; how often each is issued; all ops issued).
+    Decoded traces take them from their arrays (Trace.op_ids) instead of the per-op objects."""
+    if trace.op_ids is None:
+        flat = list(chain.from_iterable(trace.ops))
+        ids = list(map(id, flat))
+        return dict(zip(ids, flat)), Counter(ids), len(ids)
+    issued = np.concatenate([np.asarray(x, np.int64) for x in trace.op_ids] or [np.zeros(0, np.int64)])
+    used, first = np.unique(issued, return_index=True)
+    per_entry = np.bincount(issued, minlength=len(trace.op_table)).tolist()
+    distinct: dict[int, Op] = {}
+    counts: Counter = Counter()
+    for i in used[np.argsort(first, kind="stable")].tolist():
+        op = trace.op_table[i]
+        distinct[id(op)] = op
+        counts[id(op)] += per_entry[i]
+    return distinct, counts, len(issued)
 
 
 def _run_compiled(trace: Trace, machine: MachineSpec, distinct: dict[int, Op], compiled: dict[int, tuple],
@@ -491,10 +509,7 @@ def _simulate_timing(trace: Trace, machine: MachineSpec, timeline_core: int | No
         return (*cost, reads, writes, None)
 
     # identical ops are one shared object (see hwmodel.dsl): compile each once
-    flat = list(chain.from_iterable(trace.ops))
-    ids = list(map(id, flat))
-    counts = Counter(ids)
-    distinct = dict(zip(ids, flat))
+    distinct, counts, n_ops = _distinct_ops(trace)
     work, (blocks, issues, heaviest) = _l2_touches(distinct, counts, machine, tensor_shapes)
     if work > MAX_L2_BLOCK_TOUCHES:
         raise BudgetError(
@@ -504,8 +519,6 @@ def _simulate_timing(trace: Trace, machine: MachineSpec, timeline_core: int | No
             f"is {gm.l2_block_rows} rows x {gm.l2_block_bytes} B of a tensor: move data in fewer, larger transfers "
             "of contiguous rows (whole tiles), not thin slices that span many blocks")
     compiled = {i: compile_op(op) for i, op in distinct.items()}
-    n_ops = len(ids)
-    del flat, ids
     op_counts: Counter = Counter()
     bytes_by_path: Counter = Counter()
     for i, n in counts.items():

@@ -478,3 +478,16 @@ def test_engine_gives_the_same_result_compiled_and_in_python(name, machine_name,
     assert simulate_timing(trace, spec, timeline_core=0, record_transfers=True) == plain_recorded
     assert (plain_recorded.cycles, plain_recorded.pipe_busy, plain_recorded.l2_hit_bytes) == (
         plain.cycles, plain.pipe_busy, plain.l2_hit_bytes)
+
+
+@pytest.mark.parametrize("compiled_loop", [False, True])
+def test_a_decoded_trace_times_like_the_recorded_one(compiled_loop, monkeypatch):
+    """Decoded traces give the engine their distinct ops and counts from their arrays (Trace.op_ids)."""
+    from evaluator.codec import decode, encode
+    monkeypatch.setattr(timing, "COMPILED_MIN_OPS", 0 if compiled_loop else 10**12)
+    spec = machine(M910)
+    recorded = simulate(library_kernel("sgemm_cube"), spec, gemm_args(256, 512, 384, "fp32")).trace
+    decoded = decode(encode(recorded))
+    assert decoded.op_ids is not None
+    assert simulate_timing(decoded, spec) == simulate_timing(recorded, spec)
+    assert l2_work(decoded, spec) == l2_work(recorded, spec)
