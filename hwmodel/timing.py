@@ -15,6 +15,7 @@ from bisect import bisect_right
 from collections import OrderedDict, Counter
 from itertools import chain
 from dataclasses import dataclass, field
+from functools import cache
 from importlib.util import find_spec
 from math import ceil, prod
 
@@ -126,6 +127,17 @@ _NEVER = float("inf")
 # load the cached machine code (the first compile, ~10 s, is cached in __pycache__).
 COMPILED_MIN_OPS = 100_000
 _HAVE_NUMBA = find_spec("numba") is not None
+
+
+@cache
+def _compiled_loop_loads() -> bool:
+    """Whether numba imports and the compiled modules load (once per process; a broken numba
+    install leaves timing to the Python loop, with the same results, instead of failing it)."""
+    try:
+        import hwmodel._timing_engine  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 class _Bandwidth:
@@ -527,7 +539,7 @@ def _simulate_timing(trace: Trace, machine: MachineSpec, timeline_core: int | No
         if op.kind == "copy":
             bytes_by_path[f"{op.src[0].space}->{op.dst[0].space}"] += n * op.dst[0].nbytes
 
-    large = _HAVE_NUMBA and n_ops >= COMPILED_MIN_OPS
+    large = _HAVE_NUMBA and n_ops >= COMPILED_MIN_OPS and _compiled_loop_loads()
     if large and timeline_core is None and not record_transfers and gm.l2_block_bytes // gm.sector_bytes <= 62:
         pf, bz, fin, hit, miss = _run_compiled(trace, machine, distinct, compiled, pipe_idx, s_pipe, l2_capacity)
         pipe_free, busy, finish = ({c: x[c] for c in active} for x in (pf, bz, fin))
