@@ -39,6 +39,10 @@ class Family:
         names = _knobs(self.source)
         return {k: names[k] for k in self.space}
 
+    def constants(self) -> dict[str, Any]:
+        """Every module-level constant of the reference kernel (knobs beyond the space included)."""
+        return dict(_knobs(self.source))
+
     def strategy(self, knobs: dict[str, Any] | None = None, parents: tuple[str, ...] = (), origin="library") -> Strategy:
         knobs = {**self.defaults(), **(knobs or {})}
         tags = {"family": self.name, **self.tags(knobs)}

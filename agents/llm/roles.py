@@ -25,7 +25,6 @@ from agents.llm.ledger import estimate_prompt_tokens
 from agents.llm.prompts import PromptTooLarge, coder_prompt, fixer_prompt, strategist_prompt
 from agents.roles import Context, Draft, RoleError, ast_hash, source_hash
 from evaluator.result import EvalResult, EvalStatus
-from hwmodel.loader import knob_names
 from strategies.evolution import random_strategy
 from strategies.families import FAMILIES, Family, families_for
 from strategies.strategy import CUSTOM, ExpectedEffect, Strategy
@@ -153,7 +152,7 @@ class StrategyParser:
         if family is None:
             raise ValueError(f"unknown family {answer.family!r} for task {self.ctx.task.name}; use one of "
                              f"{', '.join(self.families)} or 'custom'")
-        defaults = knob_names(family.source)
+        defaults = family.constants()
         settable = (set(defaults) - {name for name, _ in family.fixed}) | set(family.space)
         for name, value in answer.knobs.items():
             if name not in settable:
