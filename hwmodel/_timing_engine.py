@@ -1,18 +1,85 @@
-"""The timing engine's event loop and L2 model compiled with numba, for large traces.
+"""The timing engine's event loop, L2 model and bandwidth profile compiled with numba, for large traces.
 
 The same model as hwmodel.timing's Python loop, step for step: cores taken in (next start,
 core) order, ops in program order, the same float operations in the same order, an LRU L2
 with one bit per (row, sector) of a block. Its results equal the Python loop's bit for bit
 (tests/test_timing.py runs both); hwmodel.timing prepares the arrays and builds the result.
+`move` is hwmodel.timing._Bandwidth.move on arrays (the Python loop uses it for large traces too).
 """
 from __future__ import annotations
 
 import numpy as np
 from numba import njit
 
-from hwmodel._timing_compiled import move
-
 _M1, _M2, _M4 = 0x5555555555555555, 0x3333333333333333, 0x0F0F0F0F0F0F0F0F
+# One module for every compiled function: numba's cache (cache=True) is invalidated by edits to
+# the file a function is in, not to functions it calls in other files.
+
+
+@njit(cache=True)
+def _insert(times, use_h, use_l, n, i, t):
+    """Split segment i at t: a new segment i + 1 starts at t with segment i's usage."""
+    for j in range(n, i + 1, -1):
+        times[j] = times[j - 1]
+        use_h[j] = use_h[j - 1]
+        use_l[j] = use_l[j - 1]
+    times[i + 1] = t
+    use_h[i + 1] = use_h[i]
+    use_l[i + 1] = use_l[i]
+
+
+@njit(cache=True)
+def move(times, use_h, use_l, count, t, nbytes, cap, hbm, hbm_cap, l2_cap, eps):
+    """_Bandwidth.move on the first count[0] entries of the arrays (count[0] is updated).
+    Returns -1.0 without changing anything when the arrays may lack room for two more segments."""
+    n = count[0]
+    if n + 2 > times.shape[0]:
+        return -1.0
+    lo, hi = 0, n                       # bisect_right(times, t) - 1
+    while lo < hi:
+        mid = (lo + hi) >> 1
+        if t < times[mid]:
+            hi = mid
+        else:
+            lo = mid + 1
+    i = lo - 1
+    if times[i] != t:
+        _insert(times, use_h, use_l, n, i, t)
+        n += 1
+        i += 1
+    left = nbytes
+    while True:
+        rate = l2_cap - use_l[i]
+        if hbm and hbm_cap - use_h[i] < rate:
+            rate = hbm_cap - use_h[i]
+        if cap < rate:
+            rate = cap
+        if rate <= eps:
+            i += 1
+            continue
+        a = times[i]
+        end = a + left / rate
+        b = times[i + 1] if i + 1 < n else np.inf
+        if end < b:
+            if end <= a:
+                count[0] = n
+                return a
+            _insert(times, use_h, use_l, n, i, end)
+            n += 1
+            use_l[i] += rate
+            if hbm:
+                use_h[i] += rate
+            count[0] = n
+            return end
+        use_l[i] += rate
+        if hbm:
+            use_h[i] += rate
+        left -= rate * (b - a)
+        i += 1
+        if left <= 1e-9 * nbytes:
+            count[0] = n
+            return b
+
 
 
 @njit(cache=True)
@@ -39,7 +106,7 @@ def _grow(times, use_h, use_l, n):
 
 @njit(cache=True)
 def run(prog_ptr, prog_ops, active, op_pipe, op_cycles, op_lat, op_acc, rd_ptr, rd_keys, wr_ptr, wr_keys, n_keys,
-        acc_origin, acc_base, org_ptr, cell_local, cell_lo, cell_hi, cell_cols, n_blocks, block_rows, acc_charged, acc_write, acc_setup,
+        acc_origin, acc_base, org_ptr, cell_local, cell_words, n_blocks, acc_charged, acc_write, acc_setup,
         acc_hit_cap, acc_miss_cap, n_pipes, s_pipe, gm_pipes, issue, barrier_cycles, l2_capacity, sector_bytes,
         hbm_latency, l2_latency, hbm_cap, l2_cap, eps):
     """Run every core to its end: (pipe_free, busy, s_clock, finish, L2 hit bytes, HBM bytes)."""
@@ -51,8 +118,10 @@ def run(prog_ptr, prog_ops, active, op_pipe, op_cycles, op_lat, op_acc, rd_ptr, 
     position = prog_ptr[:-1].copy()
     write_done = np.zeros((n_cores, n_keys))
     read_done = np.zeros((n_cores, n_keys))
-    # L2: residency per (block, row) as a bit per sector; LRU order as a doubly linked list
-    resident = np.zeros((n_blocks, block_rows), np.int64)
+    # L2: residency per block as a bit per (row, sector), whole rows per int64 word (the words of
+    # hwmodel.timing's block masks); LRU order as a doubly linked list
+    n_words = cell_words.shape[1]
+    resident = np.zeros((n_blocks, n_words), np.int64)
     prev = np.full(n_blocks, -1, np.int64)
     nxt = np.full(n_blocks, -1, np.int64)
     in_l2 = np.zeros(n_blocks, np.bool_)
@@ -157,11 +226,12 @@ def run(prog_ptr, prog_ops, active, op_pipe, op_cycles, op_lat, op_acc, rd_ptr, 
                         else:
                             tail = prev[b]
                         in_use -= 1
-                    cols = cell_cols[e]
-                    for r in range(cell_lo[e], cell_hi[e]):
-                        old = resident[b, r]
-                        hit_sectors += _popcount(old & cols)
-                        resident[b, r] = old | cols
+                    for w in range(n_words):
+                        cells = cell_words[e, w]
+                        if cells != 0:
+                            old = resident[b, w]
+                            hit_sectors += _popcount(old & cells)
+                            resident[b, w] = old | cells
                     prev[b] = tail                # ... and put it back as the most recent
                     nxt[b] = -1
                     if tail >= 0:

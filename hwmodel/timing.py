@@ -158,8 +158,8 @@ class _Bandwidth:
         self.l2_cap = float(l2_bytes_per_cycle)
         self._eps = 1e-9 * max(hbm_bytes_per_cycle, l2_bytes_per_cycle)
         self._compiled = None
-        if compiled:   # the same profile in numpy arrays, moved by hwmodel._timing_compiled (numba)
-            from hwmodel._timing_compiled import move
+        if compiled:   # the same profile in numpy arrays, moved by hwmodel._timing_engine (numba)
+            from hwmodel._timing_engine import move
             self._compiled = move
             self.times, self.hbm, self.l2 = np.zeros(4096), np.zeros(4096), np.zeros(4096)
             self._count = np.ones(1, np.int64)
@@ -372,7 +372,6 @@ def _run_compiled(trace: Trace, machine: MachineSpec, distinct: dict[int, Op], c
     from hwmodel import _timing_engine
     gm = machine.gm
     per_block = max(1, gm.l2_block_bytes // gm.sector_bytes)
-    row_bits = (1 << per_block) - 1
     index = {i: d for d, i in enumerate(compiled)}
     n_ops = len(index)
     op_pipe, op_acc = np.full(n_ops, -1, np.int64), np.full(n_ops, -1, np.int64)
@@ -398,7 +397,10 @@ def _run_compiled(trace: Trace, machine: MachineSpec, distinct: dict[int, Op], c
     # so the cells are listed once per origin and each transfer adds its own dense base.
     low = (1 << 40) - 1
     origins: dict[int, int] = {}        # id(origin _GmAccess) -> dense id
-    org_ptr, cell_local, cell_lo, cell_hi, cell_cols, org_top = [0], [], [], [], [], []
+    org_ptr, cell_local, cell_words, org_top = [0], [], [], []
+    word_bits = (62 // per_block) * per_block        # whole rows of a block per int64 word, below bit 62
+    n_words = -(-gm.l2_block_rows * per_block // word_bits)
+    word_mask = (1 << word_bits) - 1
     acc_origin, acc_shift, acc_tensor = [], [], []
     tensor_top: dict[int, int] = {}     # tensor -> 1 + the largest block index touched
     for access in acc_list:
@@ -407,12 +409,9 @@ def _run_compiled(trace: Trace, machine: MachineSpec, distinct: dict[int, Op], c
         if o is None:
             o = origins[id(origin)] = len(org_top)
             top = 0
-            for key, mask in origin._blocks:   # a block's mask: rows lo..hi-1, each with the same sectors
-                lo = ((mask & -mask).bit_length() - 1) // per_block
+            for key, mask in origin._blocks:   # a block's (row, sector) bits, cut into words of whole rows
                 cell_local.append(key & low)
-                cell_lo.append(lo)
-                cell_hi.append((mask.bit_length() - 1) // per_block + 1)
-                cell_cols.append((mask >> (lo * per_block)) & row_bits)
+                cell_words.append([(mask >> (w * word_bits)) & word_mask for w in range(n_words)])
                 top = max(top, (key & low) + 1)
             org_ptr.append(len(cell_local))
             org_top.append(top)
@@ -438,9 +437,8 @@ def _run_compiled(trace: Trace, machine: MachineSpec, distinct: dict[int, Op], c
         prog_ptr, np.concatenate(programs) if programs else np.zeros(0, np.int64),
         as_int([c for c, ops in enumerate(trace.ops) if ops]), op_pipe, op_cycles, op_lat, op_acc,
         as_int(rd_ptr), as_int(rd_keys), as_int(wr_ptr), as_int(wr_keys), max(1, len(keys)),
-        as_int(acc_origin), as_int(acc_base), as_int(org_ptr), as_int(cell_local), as_int(cell_lo), as_int(cell_hi),
-        as_int(cell_cols), max(1, n_blocks),
-        gm.l2_block_rows, as_int([a.charged_bytes for a in acc_list]), np.array([a.is_write for a in acc_list], bool),
+        as_int(acc_origin), as_int(acc_base), as_int(org_ptr), as_int(cell_local),
+        np.array(cell_words, np.int64).reshape(-1, n_words), max(1, n_blocks), as_int([a.charged_bytes for a in acc_list]), np.array([a.is_write for a in acc_list], bool),
         np.array([a.setup for a in acc_list], float), np.array([a.hit_cap for a in acc_list], float),
         np.array([a.miss_cap for a in acc_list], float), len(machine.pipes), s_pipe, as_int(gm_pipes),
         float(machine.issue_cycles), float(machine.barrier_cycles), l2_capacity, gm.sector_bytes,
