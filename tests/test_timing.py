@@ -491,3 +491,25 @@ def test_a_decoded_trace_times_like_the_recorded_one(compiled_loop, monkeypatch)
     assert decoded.op_ids is not None
     assert simulate_timing(decoded, spec) == simulate_timing(recorded, spec)
     assert l2_work(decoded, spec) == l2_work(recorded, spec)
+
+
+def _corpus_cases_for_the_compiled_loop():
+    import sys
+    from pathlib import Path
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import timing_corpus
+    return timing_corpus, [c for c in timing_corpus.cases()             # other machines' pipes and core counts;
+                           if c.machine != M910 or c.family in ("qgemm_int8", "attention_xyserve", "sgemm_termwise")]
+
+
+@needs_numba
+def test_the_compiled_loop_reproduces_the_frozen_corpus(monkeypatch):
+    """The corpus test runs its small cases through the Python loop: here they go through the compiled
+    one (910B, h100, and 910A families with GM workspaces and barriers), bit for bit."""
+    import json
+    timing_corpus, cases = _corpus_cases_for_the_compiled_loop()
+    frozen = json.loads(timing_corpus.CORPUS.read_text())["timing"]
+    monkeypatch.setattr(timing, "COMPILED_MIN_OPS", 0)
+    for case in cases:
+        current = json.loads(json.dumps(timing_corpus.timing_figures(case)))
+        assert timing_corpus.differences(frozen[case.name], current) == [], case.name
