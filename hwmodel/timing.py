@@ -365,88 +365,6 @@ def _distinct_ops(trace: Trace) -> tuple[dict[int, Op], Counter, int]:
     return distinct, counts, len(issued)
 
 
-def _run_compiled(trace: Trace, machine: MachineSpec, distinct: dict[int, Op], compiled: dict[int, tuple],
-                  pipe_idx: dict[str, int], s_pipe: int, l2_capacity: int) -> tuple:
-    """Run the engine's loop compiled (hwmodel._timing_engine) on arrays of the distinct ops:
-    (pipe_free, busy, finish per core as lists, L2 hit bytes, HBM bytes), as the Python loop gives them."""
-    from hwmodel import _timing_engine
-    gm = machine.gm
-    per_block = max(1, gm.l2_block_bytes // gm.sector_bytes)
-    index = {i: d for d, i in enumerate(compiled)}
-    n_ops = len(index)
-    op_pipe, op_acc = np.full(n_ops, -1, np.int64), np.full(n_ops, -1, np.int64)
-    op_cycles, op_lat = np.zeros(n_ops), np.zeros(n_ops)
-    keys: dict[int, int] = {}           # hazard key -> dense id
-    rd_ptr, rd_keys, wr_ptr, wr_keys = [0], [], [0], []
-    accesses: dict[int, int] = {}       # id(_GmAccess) -> dense id
-    acc_list: list[_GmAccess] = []
-    for d, (p, cycles, latency, reads, writes, access) in enumerate(compiled.values()):
-        op_pipe[d], op_cycles[d], op_lat[d] = p, cycles, latency
-        rd_keys += [keys.setdefault(k, len(keys)) for k in reads]
-        wr_keys += [keys.setdefault(k, len(keys)) for k in writes]
-        rd_ptr.append(len(rd_keys))
-        wr_ptr.append(len(wr_keys))
-        if access is not None:
-            a = accesses.get(id(access))
-            if a is None:
-                a = accesses[id(access)] = len(acc_list)
-                acc_list.append(access)
-            op_acc[d] = a
-    # L2 blocks get dense ids tensor by tensor: the blocks of tensor t are ids offset[t] + (key's
-    # low 40 bits). A transfer touches its origin's blocks moved by `delta` (see _GmAccess.moved),
-    # so the cells are listed once per origin and each transfer adds its own dense base.
-    low = (1 << 40) - 1
-    origins: dict[int, int] = {}        # id(origin _GmAccess) -> dense id
-    org_ptr, cell_local, cell_words, org_top = [0], [], [], []
-    word_bits = (62 // per_block) * per_block        # whole rows of a block per int64 word, below bit 62
-    n_words = -(-gm.l2_block_rows * per_block // word_bits)
-    word_mask = (1 << word_bits) - 1
-    acc_origin, acc_shift, acc_tensor = [], [], []
-    tensor_top: dict[int, int] = {}     # tensor -> 1 + the largest block index touched
-    for access in acc_list:
-        origin = access.origin
-        o = origins.get(id(origin))
-        if o is None:
-            o = origins[id(origin)] = len(org_top)
-            top = 0
-            for key, mask in origin._blocks:   # a block's (row, sector) bits, cut into words of whole rows
-                cell_local.append(key & low)
-                cell_words.append([(mask >> (w * word_bits)) & word_mask for w in range(n_words)])
-                top = max(top, (key & low) + 1)
-            org_ptr.append(len(cell_local))
-            org_top.append(top)
-        shift = access.delta - ((access.tensor - origin.tensor) << 40)   # within the tensor's block indices
-        acc_origin.append(o)
-        acc_shift.append(shift)
-        acc_tensor.append(access.tensor)
-        tensor_top[access.tensor] = max(tensor_top.get(access.tensor, 0), org_top[o] + shift)
-    offset, n_blocks = {}, 0
-    for tensor in sorted(tensor_top):
-        offset[tensor], n_blocks = n_blocks, n_blocks + tensor_top[tensor]
-    acc_base = [offset[t] + shift for t, shift in zip(acc_tensor, acc_shift)]
-    if trace.op_ids is not None:        # decoded traces: the per-core programs are arrays already
-        to_dense = np.array([index.get(id(op), -1) for op in trace.op_table], np.int64)
-        programs = [to_dense[np.asarray(ids, np.int64)] for ids in trace.op_ids]
-    else:
-        programs = [np.fromiter(map(index.__getitem__, map(id, ops)), np.int64, len(ops)) for ops in trace.ops]
-    prog_ptr = np.zeros(len(programs) + 1, np.int64)
-    prog_ptr[1:] = np.cumsum([len(x) for x in programs])
-    gm_pipes = sorted({pipe_idx[p.pipe] for p in machine.paths if "GM" in (p.src, p.dst)}) or [s_pipe]
-    as_int = (lambda x: np.asarray(x, np.int64))
-    pf, bz, _, fin, hit, miss = _timing_engine.run(
-        prog_ptr, np.concatenate(programs) if programs else np.zeros(0, np.int64),
-        as_int([c for c, ops in enumerate(trace.ops) if ops]), op_pipe, op_cycles, op_lat, op_acc,
-        as_int(rd_ptr), as_int(rd_keys), as_int(wr_ptr), as_int(wr_keys), max(1, len(keys)),
-        as_int(acc_origin), as_int(acc_base), as_int(org_ptr), as_int(cell_local),
-        np.array(cell_words, np.int64).reshape(-1, n_words), max(1, n_blocks), as_int([a.charged_bytes for a in acc_list]), np.array([a.is_write for a in acc_list], bool),
-        np.array([a.setup for a in acc_list], float), np.array([a.hit_cap for a in acc_list], float),
-        np.array([a.miss_cap for a in acc_list], float), len(machine.pipes), s_pipe, as_int(gm_pipes),
-        float(machine.issue_cycles), float(machine.barrier_cycles), l2_capacity, gm.sector_bytes,
-        float(gm.hbm_latency_cycles), float(gm.l2_latency_cycles), float(machine.hbm_bytes_per_cycle),
-        float(machine.l2_bytes_per_cycle), 1e-9 * max(machine.hbm_bytes_per_cycle, machine.l2_bytes_per_cycle))
-    return pf.tolist(), bz.tolist(), fin.tolist(), hit, miss
-
-
 def simulate_timing(trace: Trace, machine: MachineSpec, timeline_core: int | None = None,
                     record_transfers: bool = False) -> TimingResult:
     """Time a trace on the machine. `timeline_core` records that core's per-op intervals;
@@ -494,7 +412,8 @@ def _simulate_timing(trace: Trace, machine: MachineSpec, timeline_core: int | No
                     access = gm_memo[sig] = _GmAccess(op, machine, tensor_index, shape)
                 else:   # a 2-D tile: the same blocks as a tile of its shape built before, moved
                     r0 = g.offset[0]
-                    shape_sig = (src[0].space, dst[0].space, g.dtype, shape[-1], g.offset[-1], g.extent, r0 % block_rows)
+                    shape_sig = (src[0].space, dst[0].space, g.dtype, shape[-1], g.offset[-1], g.extent,
+                                 r0 % block_rows)
                     template = templates.get(shape_sig)
                     where = (tensor_index[g.base], r0 // block_rows)
                     if template is None:
@@ -502,8 +421,8 @@ def _simulate_timing(trace: Trace, machine: MachineSpec, timeline_core: int | No
                         templates[shape_sig] = (access, where)
                     else:
                         built, (tensor, row_block) = template
-                        access = built.moved(((where[0] - tensor) << 40) + (where[1] - row_block) * built.blocks_per_row,
-                                             where[0])
+                        delta = ((where[0] - tensor) << 40) + (where[1] - row_block) * built.blocks_per_row
+                        access = built.moved(delta, where[0])
                     gm_memo[sig] = access
             return (access.pipe_index, 0, 0, reads, writes, access)
         if kind == "copy":
@@ -539,7 +458,8 @@ def _simulate_timing(trace: Trace, machine: MachineSpec, timeline_core: int | No
 
     large = _HAVE_NUMBA and n_ops >= COMPILED_MIN_OPS and _compiled_loop_loads()
     if large and timeline_core is None and not record_transfers and gm.l2_block_bytes // gm.sector_bytes <= 62:
-        pf, bz, fin, hit, miss = _run_compiled(trace, machine, distinct, compiled, pipe_idx, s_pipe, l2_capacity)
+        from hwmodel._timing_engine import run_trace
+        pf, bz, fin, hit, miss = run_trace(trace, machine, compiled, pipe_idx, s_pipe, l2_capacity)
         pipe_free, busy, finish = ({c: x[c] for c in active} for x in (pf, bz, fin))
         stats, timeline, transfers = {"hit": hit, "miss": miss}, [], []
     else:
