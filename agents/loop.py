@@ -53,8 +53,10 @@ def evolve(archive: Archive, run_id: str, config: RunConfig, team: Team, evaluat
     empty = 0
     while run.evaluations < config.budget:
         first, ctx = run.next_batch, run.context(run.next_batch)   # the archive as it stood when the batch began
-        steps = draft_batch(team, ctx, run, initial, range(first, first + config.workers), config.seed)
-        empty = 0 if steps else empty + config.workers
+        seqs = range(first, first + config.workers)
+        fresh = sum(not run.started(seq) for seq in seqs)          # a resumed batch may be finished already
+        steps = draft_batch(team, ctx, run, initial, seqs, config.seed)
+        empty = 0 if steps else empty + fresh
         if empty >= MAX_EMPTY_STEPS:
             raise NoProgress(f"the roles produced no new kernel to evaluate in {empty} steps in a row")
         while steps and run.evaluations < config.budget:

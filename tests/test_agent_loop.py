@@ -159,6 +159,19 @@ def test_a_resumed_run_continues_the_fixes_of_its_last_step(tmp_path):
     assert steps[:3] == [(0, 0), (1, 0), (1, 1)] and len(steps) == CONFIG.budget
 
 
+def test_resuming_after_a_finished_wide_batch_is_not_mistaken_for_no_progress(tmp_path):
+    """Resume starts at the batch of the last recorded step; when that batch is finished it
+    yields nothing to evaluate, which is not the roles failing."""
+    config = CONFIG.model_copy(update={"workers": 6, "budget": 12})
+    archive = Archive(tmp_path / "a.sqlite")
+    run_id = archive.new_run(config)
+    team = Team(Strategist(), Coder(), Fixer(), fix_attempts=0, population=0)
+    evolve(archive, run_id, config.model_copy(update={"budget": 6}), team, evaluator(fail_first=False))
+    evolve(archive, run_id, config, Team(Strategist(), Coder(), Fixer(), fix_attempts=0, population=0),
+           evaluator(fail_first=False))
+    assert len(archive.evaluations(run_id)) == 12
+
+
 # ------------------------------------------------------------------ the pieces
 
 
