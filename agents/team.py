@@ -68,7 +68,7 @@ def build_team(config: Config, machine: MachineSpec, bench_shape, archive: Archi
         strategist = CodeOnly(strategist)
     if agents.best_of_n:
         strategist = BestOfN(strategist)
-    team = Team(Guarded(strategist), SeedsFromLibrary(Guarded(LLMCoder(client, bandits["coder"].pick, modes.pick))),
+    team = Team(Guarded(strategist), Guarded(LLMCoder(client, bandits["coder"].pick, modes.pick)),
                 Guarded(LLMFixer(client, bandits["fixer"].pick)), run.fix_attempts,
                 learn=Learner(archive, run_id, bandits, modes), population=0, draws=LLM_DRAWS,
                 parallel=True)
@@ -122,20 +122,6 @@ class Guarded:
             except self._soft as exc:
                 raise RoleError(str(exc)) from exc
         return guarded
-
-
-class SeedsFromLibrary:
-    """The published strategies (and any other builtin one) are the library's own kernels:
-    rendered from their template, not re-typed by a model."""
-
-    def __init__(self, coder):
-        from agents.builtin import TemplateCoder
-        self.coder, self.template, self.name = coder, TemplateCoder(), coder.name
-
-    def implement(self, strategy: Strategy, parent: str | None, ctx: Context, rng: np.random.Generator) -> Draft:
-        if strategy.author == "builtin":
-            return self.template.implement(strategy, parent, ctx, rng)
-        return self.coder.implement(strategy, parent, ctx, rng)
 
 
 class CodeOnly:
