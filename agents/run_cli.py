@@ -240,9 +240,7 @@ def dry_run(console: Console, config: Config, machine: MachineSpec, as_json: boo
     from rich.table import Table
 
     from agents.llm.ledger import estimate_tokens
-    from agents.llm.prompts import coder_prompt, fixer_prompt, strategist_prompt
-    from agents.llm.roles import STRATEGY_SCHEMA
-    from agents.roles import Draft
+    from agents.llm.roles import first_prompt
     from strategies.evolution import Elites
     from strategies.families import families_for
 
@@ -261,10 +259,7 @@ def dry_run(console: Console, config: Config, machine: MachineSpec, as_json: boo
     run = RunConfig(task=task.name, machine=machine.name, shape=shape, budget=config.run.budget, seed=config.run.seed)
     seeds = [f.strategy() for f in families_for(task.name)]
     ctx = default_context(run, machine, config.agents.roofline)(elites=Elites())
-    parent = families_for(task.name)[0].implement(seeds[0])
-    failed = EvalResult(status="wrong", stage="correctness", message="max relative error 3.1e-02 on 'wide' "
-                        "(budget 1.2e-05) at 256x256x256", rule="correctness.budget", task=task.name,
-                        machine=machine.name, shape=shape, source_hash="0" * 32)
+    kernel_tokens = estimate_tokens(families_for(task.name)[0].implement(seeds[0]))
     steps = max(0, config.run.budget - len(seeds))
     fixes = steps * FAILURE_SHARE * config.run.fix_attempts
     low = high = 0.0
@@ -272,15 +267,8 @@ def dry_run(console: Console, config: Config, machine: MachineSpec, as_json: boo
         for arm in config.arms(role):
             settings = config.models[arm.model]
             share = arm.weight / sum(a.weight for a in config.arms(role))
-            if role == "strategist":
-                prompt = strategist_prompt(ctx, settings, STRATEGY_SCHEMA)
-                typical = 400
-            elif role == "coder":
-                prompt = coder_prompt(ctx, settings, seeds[0], parent, "full", True)
-                typical = estimate_tokens(parent) + 100
-            else:
-                prompt = fixer_prompt(ctx, settings, seeds[0], Draft(parent, "coder", arm.model, "full"), failed, 1)
-                typical = estimate_tokens(parent) + 100
+            prompt = first_prompt(role, ctx, settings)
+            typical = 400 if role == "strategist" else kernel_tokens + 100     # a JSON strategy, a whole kernel
             n = calls * share
             answer = min(typical, prompt.max_tokens)
             price_in, price_out = (settings.price_in or 0.0) / 1e6, (settings.price_out or 0.0) / 1e6

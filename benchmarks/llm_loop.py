@@ -89,25 +89,15 @@ def measure(steps: int, task_name: str, machine_name: str, workdir: Path) -> dic
 
 def small_context(task, machine) -> dict:
     """Each role's prompt for a model with a 4,096-token context (and 1,024 answer tokens)."""
-    from agents.llm.prompts import coder_prompt, fixer_prompt, strategist_prompt
-    from agents.llm.roles import STRATEGY_SCHEMA
+    from agents.llm.roles import first_prompt
     from agents.llm.settings import ModelSettings
-    from agents.roles import Draft
     from strategies.evolution import Elites
 
     settings = ModelSettings(name="small", model="small", base_url="http://127.0.0.1:1/v1", api_key_env=None,
                              context_tokens=SMALLEST_CONTEXT, max_tokens=1024)
     config = RunConfig(task=task.name, machine=machine.name, shape=task.format_shape(task.bench_shape), budget=1, seed=0)
-    seed = families_for(task.name)[0]
-    strategy = seed.strategy()
     ctx = default_context(config, machine)(elites=Elites())
-    failed = EvalResult(status=EvalStatus.wrong, stage="correctness", message="max relative error 3e-2 on 'wide'",
-                        rule="correctness.budget", task=task.name, machine=machine.name, shape=config.shape,
-                        source_hash="0" * 32)
-    prompts = {"strategist": strategist_prompt(ctx, settings, STRATEGY_SCHEMA),
-               "coder": coder_prompt(ctx, settings, strategy, seed.implement(strategy), "full", True),
-               "fixer": fixer_prompt(ctx, settings, strategy, Draft(seed.implement(strategy), "coder", "small", "full"),
-                                     failed, 1)}
+    prompts = {role: first_prompt(role, ctx, settings) for role in ("strategist", "coder", "fixer")}
     return {role: {"prompt_tokens": p.prompt_tokens, "max_tokens": p.max_tokens, "dropped": list(p.dropped),
                    "shrunk": list(p.shrunk)} for role, p in prompts.items()}
 

@@ -22,7 +22,7 @@ from agents.edits import Edit, EditError, apply_edits, parse_edits
 from agents.llm.errors import MalformedOutput
 from agents.llm.parsing import extract_code_blocks
 from agents.llm.ledger import estimate_prompt_tokens
-from agents.llm.prompts import PromptTooLarge, coder_prompt, fixer_prompt, strategist_prompt
+from agents.llm.prompts import Prompt, PromptTooLarge, coder_prompt, fixer_prompt, strategist_prompt
 from agents.roles import Context, Draft, RoleError, ast_hash, source_hash
 from evaluator.result import EvalResult, EvalStatus
 from strategies.evolution import random_strategy
@@ -349,3 +349,20 @@ class LLMFixer:
             return None
         return strategy, Draft(source=answer.source, role="fixer", author=settings.name, mode="full",
                                parent_kernel=draft.hash, note=answer.note)
+
+
+def first_prompt(role: str, ctx: Context, settings) -> Prompt:
+    """A role's prompt at the start of a run (ctx: the seed strategies, nothing evaluated): the
+    strategist's proposal, the coder rewriting the first seed kernel, the fixer repairing it
+    after a correctness failure. What `cubepilot run --dry-run` and benchmarks/llm_loop.py size."""
+    seed = families_for(ctx.task.name)[0]
+    strategy = seed.strategy()
+    if role == "strategist":
+        return strategist_prompt(ctx, settings, STRATEGY_SCHEMA)
+    if role == "coder":
+        return coder_prompt(ctx, settings, strategy, seed.implement(strategy), "full", True)
+    failed = EvalResult(status=EvalStatus.wrong, stage="correctness", rule="correctness.budget",
+                        message="max relative error 3.1e-02 on 'wide' (budget 1.2e-05)", task=ctx.task.name,
+                        machine=ctx.machine.name, shape=ctx.shape, source_hash="0" * 32)
+    return fixer_prompt(ctx, settings, strategy, Draft(seed.implement(strategy), "coder", settings.name, "full"),
+                        failed, 1)
