@@ -93,8 +93,10 @@ class _Guard:
 
     def import_(self, name, globals=None, locals=None, fromlist=(), level=0):
         fromlist = tuple(fromlist or ())
-        if not level and name == "math":
-            return math
+        if not level and name == "math":   # a copy per import: no state passes between the cores' instances
+            fresh = types.ModuleType("math")
+            fresh.__dict__.update(math.__dict__)
+            return fresh
         if not level and name == "hwmodel.dsl" and fromlist and set(fromlist) <= self.public:
             return self.modules[name]
         shown = clean_text(str(name), 60)
@@ -166,7 +168,7 @@ def _prepare(request: dict) -> tuple:
     """Everything recording needs, imported and built before containment (no file opens after)."""
     from evaluator.codec import encode
     from evaluator.policy import ALLOWED_BUILTINS, DSL_PUBLIC_NAMES
-    from hwmodel import dsl
+    from hwmodel import dsl, spmd  # noqa: F401  (spmd: record_trace's all-cores run, imported before containment)
     from hwmodel.errors import HwError
     from hwmodel.simulate import TensorArg, declare
     from hwmodel.spec import MachineSpec
@@ -184,7 +186,7 @@ def _prepare(request: dict) -> tuple:
     warnings.simplefilter("ignore")   # showing a warning looks up source lines: a file access
     sys.excepthook = _print_exception                               # so do the default hooks' tracebacks
     sys.unraisablehook = lambda unraisable: _print_exception(type(unraisable.exc_value), unraisable.exc_value, None)
-    return machine, shapes, guard, safe_builtins, dsl.record_trace, encode, HwError, _compile(request["source"])
+    return machine, shapes, guard, safe_builtins, dsl, encode, HwError, _compile(request["source"])
 
 
 def _compile(source: str):
@@ -200,7 +202,7 @@ def _compile(source: str):
         return _Failure("compile_error", "compile.syntax", f"the source cannot be compiled: {_exception_text(exc)}")
 
 
-def _record(request: dict, machine, shapes, guard: _Guard, safe_builtins: dict, record_trace, encode,
+def _record(request: dict, machine, shapes, guard: _Guard, safe_builtins: dict, dsl, encode,
             hw_error: type, code) -> dict[str, bytes]:
     if isinstance(code, _Failure):
         raise code
@@ -230,11 +232,13 @@ def _record(request: dict, machine, shapes, guard: _Guard, safe_builtins: dict, 
         raise _Failure("compile_error", "compile.signature",
                        f"kernel must take (k, {', '.join(arg_names)}) for this task; it takes ({got})",
                        kernel.__code__.co_firstlineno)
+    # every core records on a fresh instance of the module (all cores in one run where they agree)
+    module = dsl.KernelModule(code, safe_builtins, name="kernel")
     max_ops, max_bytes = request["max_ops"], request["max_trace_bytes"]
     blobs, total_bytes = {}, 0
     for key, decls in shapes:
         try:
-            trace = record_trace(kernel, machine, decls, max_ops_per_core=max(1, max_ops // machine.num_cores))
+            trace = dsl.record_trace(module, machine, decls, max_ops_per_core=max(1, max_ops // machine.num_cores))
             _check(guard)
             if trace.num_ops > max_ops:
                 raise _Failure("hw_violation", "sandbox.ops_limit",

@@ -12,7 +12,8 @@ import sys
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from math import ceil, prod
-from typing import Callable, Sequence
+from types import CodeType
+from typing import Callable, Mapping, Sequence
 
 from hwmodel.dtypes import BITS, check_dtype, nbytes
 from hwmodel.errors import BoundsError, CapacityError, HwError, LimitError, ParamError, ShapeError
@@ -69,6 +70,23 @@ def slot_bytes(machine: MachineSpec, space: str, shape: tuple[int, ...], dtype: 
     return rows * row_bytes
 
 
+def tile_share(shape: Sequence[int], tile: Sequence[int], order: str, group: int, core: int,
+               num_cores: int) -> list[tuple[int, int]]:
+    """Core `core`'s tiles of the grid over `shape` (see Kernel.tiles)."""
+    rows, cols = int(shape[0]), int(shape[1])
+    tr, tc = int(tile[0]), int(tile[1])
+    nr, nc = ceil(rows / tr), ceil(cols / tc)
+    if order == "row" and group == 1:
+        seq = [(i, j) for i in range(nr) for j in range(nc)]
+    elif order == "col":
+        seq = [(i, j) for j in range(nc) for i in range(nr)]
+    elif order == "row":
+        seq = [(i, j) for b in range(0, nr, group) for j in range(nc) for i in range(b, min(b + group, nr))]
+    else:
+        raise HwError(f"tiles: order must be 'row' or 'col', got {order!r}")
+    return [(i * tr, j * tc) for (i, j) in seq[core::num_cores]]
+
+
 class _Shared:
     """What all cores of one recording share: the GM workspaces (the n-th request on every
     core is one tensor), the read-only inputs, and the table of distinct ops. Identical ops
@@ -112,7 +130,18 @@ class _Shared:
         return self.workspace_views[index]
 
 
-class Kernel:
+class _Sealed(type):
+    """Kernel's methods cannot be replaced by a kernel (they are the machine, and a recording of
+    all cores at once must see the same methods as one core's)."""
+
+    def __setattr__(cls, name, value):
+        raise HwError(f"Kernel.{name} cannot be assigned: the DSL's classes are read-only")
+
+    def __delattr__(cls, name):
+        raise HwError(f"Kernel.{name} cannot be deleted: the DSL's classes are read-only")
+
+
+class Kernel(metaclass=_Sealed):
     """What a kernel sees: its core id, static allocation, and the machine's ops."""
 
     def __init__(self, machine: MachineSpec, core_id: int, shared: _Shared):
@@ -193,23 +222,18 @@ class Kernel:
 
     # ------------------------------------------------------------ work distribution
     def tiles(self, shape: Sequence[int], tile: Sequence[int], order: str = "row", group: int = 1) -> list:
-        """This core's share of the 2-D tile grid over `shape`, round-robin over cores.
+        """This core's share of the 2-D tile grid over `shape`, round-robin over cores: the
+        (row, col) offsets of its tiles.
 
         order="row" walks tiles row by row; "col" column by column; group=G walks bands of
         G tile-rows column by column (swizzle), so cores running together share panels.
         """
-        rows, cols = int(shape[0]), int(shape[1])
-        tr, tc = int(tile[0]), int(tile[1])
-        nr, nc = ceil(rows / tr), ceil(cols / tc)
-        if order == "row" and group == 1:
-            seq = [(i, j) for i in range(nr) for j in range(nc)]
-        elif order == "col":
-            seq = [(i, j) for j in range(nc) for i in range(nr)]
-        elif order == "row":
-            seq = [(i, j) for b in range(0, nr, group) for j in range(nc) for i in range(b, min(b + group, nr))]
-        else:
-            raise HwError(f"tiles: order must be 'row' or 'col', got {order!r}")
-        return [(i * tr, j * tc) for (i, j) in seq[self.core_id::self.num_cores]]
+        return tile_share(shape, tile, order, group, self.core_id, self.num_cores)
+
+    def share(self, items: Sequence) -> list:
+        """This core's round-robin share of `items`: items[core_id::num_cores]. Prefer it (and
+        k.tiles) to indexing with k.core_id: then the evaluator records all cores in one run."""
+        return list(items)[self.core_id::self.num_cores]
 
     # ------------------------------------------------------------ ops
     def _emit(self, kind: str, dst: tuple, src: tuple, params: tuple = ()) -> None:
@@ -421,16 +445,72 @@ def paused_gc():
             gc.enable()
 
 
-def record_trace(kernel_fn: KernelFn, machine: MachineSpec, tensors: Sequence[TensorDecl],
-                 max_ops_per_core: int = MAX_OPS_PER_CORE) -> Trace:
-    """Run the kernel's Python once per core and collect what it issued."""
+class KernelModule:
+    """A kernel as its compiled module. Every recording of a core (or the one run that records
+    all cores) executes the module afresh, so no state carries from one core to the next:
+    every core runs the same program from the same start, as SPMD cores do. Calling it
+    calls the kernel function of one instance (for callers that run it directly)."""
+
+    def __init__(self, code: CodeType, builtins: Mapping | None = None, knobs: Mapping | None = None,
+                 name: str = "kernel"):
+        import builtins as _builtins
+        self.code = code
+        self.builtins = dict(builtins if builtins is not None else vars(_builtins))
+        self.knobs = dict(knobs or {})
+        self.name = name
+        self._refusal: str | None = None
+        self._default: KernelFn | None = None
+
+    def instantiate(self, overlay: Mapping | None = None) -> KernelFn:
+        """A fresh instance's kernel function; `overlay` replaces builtins (see hwmodel.spmd)."""
+        namespace = {"__builtins__": {**self.builtins, **overlay} if overlay else self.builtins, "__name__": self.name}
+        exec(self.code, namespace)
+        namespace.update(self.knobs)
+        fn = namespace.get("kernel")
+        if not callable(fn):
+            raise HwError(f"{self.name}: defines no kernel(k, ...) function")
+        return fn
+
+    @property
+    def refusal(self) -> str:
+        """Why it cannot be recorded all cores at once ('' if it can; see hwmodel.spmd.refusal)."""
+        if self._refusal is None:
+            from hwmodel.spmd import refusal
+            self._refusal = refusal(self.code)
+        return self._refusal
+
+    def __call__(self, k: "Kernel", *args) -> None:
+        if self._default is None:
+            self._default = self.instantiate()
+        self._default(k, *args)
+
+
+def record_trace(kernel: KernelFn | KernelModule, machine: MachineSpec, tensors: Sequence[TensorDecl],
+                 max_ops_per_core: int = MAX_OPS_PER_CORE, all_cores: bool = True) -> Trace:
+    """Run the kernel's Python for every core and collect what it issued. A KernelModule is
+    first run once for all cores (hwmodel.spmd; not with all_cores=False), core by core where
+    its cores diverge, each core on a fresh instance; a plain function runs once per core."""
     args = [View.whole("GM", t.id, 0, t.shape, t.dtype) for t in tensors]   # shared by all cores
-    shared = _Shared(first_id=max((t.id for t in tensors), default=-1) + 1,
-                     inputs=frozenset(t.id for t in tensors if t.role == "input"), max_ops_per_core=max_ops_per_core)
-    buffers, ops = [], []
+
+    def shared() -> _Shared:
+        return _Shared(first_id=max((t.id for t in tensors), default=-1) + 1,
+                       inputs=frozenset(t.id for t in tensors if t.role == "input"), max_ops_per_core=max_ops_per_core)
+
     with paused_gc():
-        for core in range(machine.num_cores):
-            k = Kernel(machine, core, shared)
+        if isinstance(kernel, KernelModule):
+            if all_cores and not kernel.refusal:
+                from hwmodel.spmd import record_all_cores
+                state = shared()
+                recorded = record_all_cores(kernel.instantiate, machine, args, state)
+                if recorded is not None:
+                    return Trace(machine.name, tuple(tensors) + tuple(state.decls), *recorded)
+            instances = (kernel.instantiate() for _ in range(machine.num_cores))
+        else:
+            instances = (kernel for _ in range(machine.num_cores))
+        state = shared()
+        buffers, ops = [], []
+        for core, kernel_fn in enumerate(instances):
+            k = Kernel(machine, core, state)
             kernel_fn(k, *args)
             buffers.append(tuple(k._buffers))
             ops.append(tuple(k._ops))
@@ -438,11 +518,11 @@ def record_trace(kernel_fn: KernelFn, machine: MachineSpec, tensors: Sequence[Te
     if len(barriers) > 1:
         raise HwError(f"barrier: cores reach different numbers of barriers ({sorted(barriers)}); "
                       "every core must call k.barrier() the same number of times or the chip deadlocks")
-    return Trace(machine.name, tuple(tensors) + tuple(shared.decls), tuple(buffers), tuple(ops))
+    return Trace(machine.name, tuple(tensors) + tuple(state.decls), tuple(buffers), tuple(ops))
 
 
 def tensor_bytes(decl: TensorDecl) -> int:
     return nbytes(decl.dtype, prod(decl.shape))
 
 
-__all__ = ["Kernel", "Trace", "record_trace", "BITS", "BoundsError"]
+__all__ = ["Kernel", "KernelModule", "Trace", "record_trace", "BITS", "BoundsError"]

@@ -9,7 +9,7 @@ import ast
 from pathlib import Path
 from typing import Any
 
-from hwmodel.dsl import KernelFn
+from hwmodel.dsl import KernelModule
 from hwmodel.errors import HwError
 
 
@@ -30,17 +30,16 @@ def knob_names(source: str) -> dict[str, Any]:
     return knobs
 
 
-def load_kernel(path: str | Path, **knobs: Any) -> KernelFn:
+def load_kernel(path: str | Path, **knobs: Any) -> KernelModule:
     return load_kernel_source(Path(path).read_text(), str(path), **knobs)
 
 
-def load_kernel_source(source: str, path: str = "kernel.py", **knobs: Any) -> KernelFn:
-    namespace: dict[str, Any] = {"__name__": f"kernel:{Path(path).stem}"}
-    exec(compile(source, path, "exec"), namespace)
+def load_kernel_source(source: str, path: str = "kernel.py", **knobs: Any) -> KernelModule:
+    """The kernel module (callable as its kernel function); record_trace runs a fresh instance
+    of it per recording, all cores at once where they agree (hwmodel.spmd)."""
     unknown = set(knobs) - set(knob_names(source))
     if unknown:
         raise HwError(f"{path}: no knob(s) {sorted(unknown)}; it has {sorted(knob_names(source))}")
-    namespace.update(knobs)
-    if not callable(namespace.get("kernel")):
-        raise HwError(f"{path}: defines no kernel(k, ...) function")
-    return namespace["kernel"]
+    module = KernelModule(compile(source, path, "exec"), knobs=knobs, name=f"kernel:{Path(path).stem}")
+    module.instantiate()   # it loads, and it defines kernel(k, ...)
+    return module

@@ -47,7 +47,10 @@ def test_a_new_kernel_method_shows_up(monkeypatch):
 
         Second paragraph is not shown."""
 
-    monkeypatch.setattr(Kernel, "frobnicate", frobnicate, raising=False)
+    # Kernel itself is sealed (kernels cannot patch it): the reference reads a subclass here
+    monkeypatch.setattr(dslref, "Kernel", type("Kernel", (Kernel,), {"frobnicate": frobnicate,
+                                                                      **{n: m for n, m in vars(Kernel).items()
+                                                                         if not n.startswith("__")}}))
     dslref.dsl_reference.cache_clear()
     try:
         text = dsl_reference()

@@ -89,19 +89,18 @@ def plan(k, B, H, S, D):
     return best[1:]
 
 
-def balance(items, costs, core, cores):
+def balance(k, items, costs):
     """This core's items: longest first, each to the least-loaded core (round-robin when equal)."""
     if len(set(costs)) <= 1:
-        return items[core::cores]
+        return k.share(items)
     order = sorted(range(len(items)), key=lambda i: -costs[i])
-    loads = [0] * cores
-    mine = []
+    loads = [0] * k.num_cores
+    assigned = [[] for _ in range(k.num_cores)]
     for i in order:
         c = loads.index(min(loads))
         loads[c] += costs[i]
-        if c == core:
-            mine.append(items[i])
-    return mine
+        assigned[c].append(items[i])
+    return assigned[k.core_id]
 
 
 def key_blocks(q0, rows, seq, bkv):
@@ -179,7 +178,7 @@ def kernel(k, q, key, v, o):
 
     items = [(b, h, q0) for b in range(B) for h in range(H) for q0 in range(0, S, BQ)]
     costs = [sum(n for _, n, _ in key_blocks(q0, min(BQ, S - q0), S, BKV)) + BKV for (_, _, q0) in items]
-    mine = balance(items, costs, k.core_id, k.num_cores)
+    mine = balance(k, items, costs)
     # one stream of (item, block index, block) steps over all of this core's items, so the
     # pipeline runs on across item boundaries; rings are indexed by the step number t
     steps = [(i, j, blk) for i, (_, _, q0) in enumerate(mine)

@@ -76,7 +76,7 @@ def kernel(k, a, b, c):
     part_b = k.alloc("UB", (1, QCOLS_B), "fp32", name="part_b")
     strips = [("a", r) for r in range(0, M, QROWS_A)] + [("b", cc) for cc in range(0, N, QCOLS_B)]
     step = 0
-    for which, start in strips[k.core_id::k.num_cores]:
+    for which, start in k.share(strips):
         if which == "a":
             nr = min(QROWS_A, M - start)
             chunks = [(start, cc, nr, min(QCOLS_A, K - cc)) for cc in range(0, K, QCOLS_A)]

@@ -36,7 +36,7 @@ def kernel(k, a, b, c):
     stage = k.ring("UB", (CAST_ROWS, CAST_COLS), "fp32", "stage", SLOTS)
     half = k.ring("UB", (CAST_ROWS, CAST_COLS), "fp16", "half", SLOTS)
     jobs = chunks(a, a16) + chunks(b, b16)
-    cast_to_fp16(k, jobs[k.core_id::k.num_cores], stage, half)
+    cast_to_fp16(k, k.share(jobs), stage, half)
     k.barrier()
     # ---- phase 2: native FP16 GEMM with fp32 accumulation
     a_l1, b_l1 = k.ring("L1", (BM, BK1), "fp16", "a_l1", SLOTS), k.ring("L1", (BK1, BN), "fp16", "b_l1", SLOTS)

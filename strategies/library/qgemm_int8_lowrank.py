@@ -41,7 +41,7 @@ def vector_phase(k, a, b, omega_t, a16, b16, qb, sb):
     jobs += [("a", r, c) for r in range(0, a.shape[0], CAST_ROWS) for c in range(0, K, CAST_COLS)]
     jobs += [("b", 0, c) for c in range(0, N, CAST_COLS)]
     step = 0
-    for which, r, c in jobs[k.core_id::k.num_cores]:
+    for which, r, c in k.share(jobs):
         x = step % SLOTS
         step += 1
         if which == "omega":
@@ -106,7 +106,7 @@ def sketch_phase(k, a16, omega_t, y16, yt16, gram_parts, pools):
     yt_l0a, yt_l0b = o_l0a[:, :BY], o_l0b[:, :BY]
     g_ub = k.alloc("UB", (RANK, RANK), "fp32", name="gram_ub")
     step = 0
-    blocks = list(range(0, M, BY))[k.core_id::k.num_cores]
+    blocks = k.share(range(0, M, BY))
     for n_block, i in enumerate(blocks):
         m = min(BY, M - i)
         for kk in range(0, K, BKY):
@@ -215,7 +215,7 @@ def coefficients_phase(k, yt16, a16, ginv, z16, pools):
         k.cast(z_h[:, :n], z_ub[:, :n])
         k.copy(z16[:, j:j + n], z_h[:, :n])
 
-    thin_products(k, yt16, a16, list(range(0, a16.shape[1], STRIP))[k.core_id::k.num_cores], finish, pools)
+    thin_products(k, yt16, a16, k.share(range(0, a16.shape[1], STRIP)), finish, pools)
 
 
 def remainder_phase(k, a, y16, z16, b16, qa, sa, w16, pools):
@@ -229,7 +229,7 @@ def remainder_phase(k, a, y16, z16, b16, qa, sa, w16, pools):
         k.copy(w16[:, j:j + n], w_h[:, :n])
 
     jobs = [("w", j) for j in range(0, N, STRIP)] + [("a", i) for i in range(0, M, QROWS)]
-    mine = jobs[k.core_id::k.num_cores]
+    mine = k.share(jobs)
     thin_products(k, z16, b16, [j for which, j in mine if which == "w"], finish, pools)
     y_l0 = k.alloc("L0A", (QROWS, RANK), "fp16", name="y_rows")
     z_l0 = [v[:RANK, :QCOLS] for v in slots(pools[1])]

@@ -34,7 +34,7 @@ def detect_phase(k, a, cmax, stage):
     rows = min(M, DETECT_ROWS) if DETECT_ROWS else M
     amax, part = k.alloc("UB", (1, QCOLS), "fp32", name="cmax_ub"), k.alloc("UB", (1, QCOLS), "fp32", name="cmax_part")
     step = 0
-    for c in list(range(0, K, QCOLS))[k.core_id::k.num_cores]:
+    for c in k.share(range(0, K, QCOLS)):
         nc = min(QCOLS, K - c)
         for n_chunk, r in enumerate(range(0, rows, QROWS)):
             nr = min(QROWS, rows - r)
@@ -51,7 +51,7 @@ def detect_phase(k, a, cmax, stage):
 def select_phase(k, cmax, scan, pt16, keep, stage, half):
     """Per job of SEL channels: the outlier mask, its prefix count, Pᵀ (fp16) and keep = 1 - selected."""
     K = cmax.shape[1]
-    jobs = list(range(0, K, SEL))[k.core_id::k.num_cores]
+    jobs = k.share(range(0, K, SEL))
     if not jobs:
         return
     piece, flags = k.alloc("UB", (1, PIECE), "fp32", name="cmax_piece"), k.alloc("UB", (1, PIECE), "fp32", name="flags")
@@ -116,7 +116,7 @@ def split_phase(k, a, b, pt16, keep, qa, sa, qb, sb, asel, bsel, ub, pools):
     amax_b, part_b = k.alloc("UB", (1, QCOLS_B), "fp32", name="amax_cols"), k.alloc("UB", (1, QCOLS_B), "fp32", name="part_cols")
     jobs = [("a", i) for i in range(0, M, QROWS)] + [("b", j) for j in range(0, N, QCOLS_B)]
     step = 0
-    for which, start in jobs[k.core_id::k.num_cores]:
+    for which, start in k.share(jobs):
         if which == "a":
             m = min(QROWS, M - start)
             for quantizing in (False, True):

@@ -20,12 +20,12 @@ ON_THE_FLY = False         # split each K-panel in UB on its way to L1 instead o
 SPLIT_SLOTS = 2            # ring depth of the split staging in UB (hides GM latency of the chunk loads)
 
 
-def split(k, src, hi, lo, stage, halves_hi, halves_lo, counter, share=(0, 1)):
-    """Split src (fp32, GM) chunk by chunk in UB into hi/lo (fp16, in GM or L1); `share` =
-    (first, step) picks the chunks this core does (phase 1 spreads them over the cores)."""
+def split(k, src, hi, lo, stage, halves_hi, halves_lo, counter, spread=False):
+    """Split src (fp32, GM) chunk by chunk in UB into hi/lo (fp16, in GM or L1); with
+    `spread` this core does only its share of the chunks (phase 1 spreads them over the cores)."""
     rows, cols = src.shape
     chunks = [(r, c) for r in range(0, rows, SPLIT_ROWS) for c in range(0, cols, SPLIT_COLS)]
-    for r, c in chunks[share[0]::share[1]]:
+    for r, c in (k.share(chunks) if spread else chunks):
         nr, nc = min(SPLIT_ROWS, rows - r), min(SPLIT_COLS, cols - c)
         x = counter % SPLIT_SLOTS
         counter += 1
@@ -46,9 +46,8 @@ def kernel(k, a, b, c):
         # ---- phase 1: split A and B into fp16 halves in GM
         a_hi, a_lo = k.workspace((M, K), "fp16", "a_hi"), k.workspace((M, K), "fp16", "a_lo")
         b_hi, b_lo = k.workspace((K, N), "fp16", "b_hi"), k.workspace((K, N), "fp16", "b_lo")
-        mine = (k.core_id, k.num_cores)
-        n = split(k, a, a_hi, a_lo, stage, halves_hi, halves_lo, 0, mine)
-        split(k, b, b_hi, b_lo, stage, halves_hi, halves_lo, n, mine)
+        n = split(k, a, a_hi, a_lo, stage, halves_hi, halves_lo, 0, spread=True)
+        split(k, b, b_hi, b_lo, stage, halves_hi, halves_lo, n, spread=True)
         k.barrier()
     # ---- phase 2: three-term GEMM on the cube
     a_hi_l1 = k.ring("L1", (BM, BK1), "fp16", "a_hi_l1", SLOTS)

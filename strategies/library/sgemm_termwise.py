@@ -22,7 +22,7 @@ def split_share(k, src, hi, lo, stage, halves_hi, halves_lo, counter):
     """Split this core's share of chunks of src (fp32, GM) into hi/lo (fp16, GM)."""
     rows, cols = src.shape
     chunks = [(r, c) for r in range(0, rows, SPLIT_ROWS) for c in range(0, cols, SPLIT_COLS)]
-    for r, c in chunks[k.core_id::k.num_cores]:
+    for r, c in k.share(chunks):
         nr, nc = min(SPLIT_ROWS, rows - r), min(SPLIT_COLS, cols - c)
         x = counter % SLOTS
         counter += 1
