@@ -13,7 +13,7 @@ from hwmodel import numerics
 from hwmodel.dtypes import FLOATS, NUMPY
 from hwmodel.dsl import Trace
 from hwmodel.ops import Op
-from hwmodel.slicing import backward_slice, phases, row_op
+from hwmodel.slicing import phase_bounds, row_op, sliced_ops
 from hwmodel.slicing import index as _index
 from hwmodel.spec import MachineSpec
 from hwmodel.views import View
@@ -30,9 +30,17 @@ class _Memory:
         self.cores: dict[int, dict[int, np.ndarray]] = {}
         self.local: dict[int, np.ndarray] = {}
         self.decls: dict[int, object] = {}
+        # Per core, id(view) -> (view, the numpy view read, the numpy view written): the
+        # region of a view is found once, not per op that touches it (views are shared
+        # objects, reused through a K loop; arrays live as long as the replay, so these numpy
+        # views stay valid). The entry holds the view, so its id stays its own.
+        self.regions: dict[int, dict[int, tuple[View, np.ndarray, np.ndarray]]] = {}
+        self.gm_regions: dict[int, tuple[View, np.ndarray, np.ndarray]] = {}
+        self.local_regions: dict[int, tuple[View, np.ndarray, np.ndarray]] = {}
 
     def select_core(self, core: int, buffers) -> None:
         self.local = self.cores.setdefault(core, {})
+        self.local_regions = self.regions.setdefault(core, {})
         self.decls = {d.id: d for d in buffers}
 
     def _base(self, v: View) -> np.ndarray:
@@ -44,12 +52,25 @@ class _Memory:
             arr = self.local[v.base] = _uninitialised((d.count, *d.shape), d.dtype)
         return arr[v.slot]
 
+    def _region(self, v: View) -> tuple[View, np.ndarray, np.ndarray]:
+        regions = self.gm_regions if v.space == "GM" else self.local_regions
+        hit = regions.get(id(v))
+        if hit is None:
+            written = self._base(v)[_index(v)]
+            shaped = written.reshape(v.shape)    # drops unit dimensions only: a view, never a copy
+            assert np.may_share_memory(shaped, written) or not shaped.size
+            hit = regions[id(v)] = (v, shaped, written)
+        return hit
+
     def read(self, v: View) -> np.ndarray:
-        return self._base(v)[_index(v)].reshape(v.shape)
+        return self._region(v)[1]
 
     def write(self, v: View, value: np.ndarray) -> None:
-        base = self._base(v)
-        base[_index(v)] = np.asarray(value).astype(base.dtype, copy=False).reshape(v.extent)
+        region = self._region(v)[2]
+        value = np.asarray(value)
+        if value.dtype != region.dtype:
+            value = value.astype(region.dtype)
+        region[...] = value.reshape(v.extent)
 
 
 def _uninitialised(shape: tuple[int, ...], dtype: str) -> np.ndarray:
@@ -96,16 +117,19 @@ def run_numeric(trace: Trace, machine: MachineSpec, gm: dict[int, np.ndarray],
 def _run(trace: Trace, machine: MachineSpec, gm: dict[int, np.ndarray], cores: set[int] | None,
          targets: dict[int, np.ndarray] | None) -> dict[int, np.ndarray]:
     mem = _Memory(gm)
-    per_core = [phases(ops) for ops in trace.ops]
-    keep = backward_slice(trace, targets, per_core) if targets is not None else None
-    n_phases = len(per_core[0]) if per_core else 0
+    bounds = phase_bounds(trace)
+    kept = sliced_ops(trace, targets, bounds) if targets is not None else None
+    rows = _RowOps()
+    n_phases = len(bounds[0]) if bounds else 0
     for phase in range(n_phases):
-        for core, core_phases in enumerate(per_core):
+        for core, core_bounds in enumerate(bounds):
             if phase == n_phases - 1 and cores is not None and core not in cores:
                 continue
-            ops = core_phases[phase]
-            if keep is not None:
-                ops = _kept_ops(ops, keep[phase][core])
+            start, stop = core_bounds[phase]
+            if kept is None:
+                ops = trace.ops[core][start:stop]
+            else:
+                ops = rows.kept_ops(trace.ops[core], start, kept[phase][core])
                 if not ops:
                     continue
             mem.select_core(core, trace.buffers[core])
@@ -114,15 +138,31 @@ def _run(trace: Trace, machine: MachineSpec, gm: dict[int, np.ndarray], cores: s
     return coverage(trace)
 
 
-def _kept_ops(ops: list[Op], kept: list) -> list[Op]:
-    """The ops of a slice in replay order: whole ops, and ops restricted to runs of rows."""
-    out = []
-    for op, k in zip(ops, kept):
-        if k is True:
-            out.append(op)
-        elif k:
-            out.extend(row_op(op, r0, r1) for r0, r1 in k)
-    return out
+class _RowOps:
+    """The ops of a slice in replay order, with each (op, rows) restriction built once per
+    replay: a core repeats the same op for the same rows through a K loop, and the same Op
+    and View objects let _Memory reuse their numpy indices."""
+
+    def __init__(self):
+        self.made: dict[tuple[int, int, int], tuple[Op, Op]] = {}   # (id(op), r0, r1) -> (op, row op)
+
+    def kept_ops(self, ops: tuple[Op, ...], start: int, kept: list[tuple[int, object]]) -> list[Op]:
+        """ops[start + i] for the kept (i, True), and its row ops for the kept (i, runs)."""
+        out = []
+        for i, k in kept:
+            op = ops[start + i]
+            if k is True:
+                out.append(op)
+            else:
+                out.extend(self.row_op(op, r0, r1) for r0, r1 in k)
+        return out
+
+    def row_op(self, op: Op, r0: int, r1: int) -> Op:
+        key = (id(op), r0, r1)
+        hit = self.made.get(key)
+        if hit is None:      # the entry holds op, so its id stays its own while the entry lives
+            hit = self.made[key] = (op, row_op(op, r0, r1))
+        return hit[1]
 
 
 def coverage(trace: Trace, cores: set[int] | None = None) -> dict[int, np.ndarray]:

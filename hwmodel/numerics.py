@@ -8,6 +8,7 @@ destination type with round-to-nearest-even.
 from __future__ import annotations
 
 from contextlib import contextmanager
+from functools import lru_cache
 
 import numpy as np
 
@@ -40,9 +41,16 @@ def round_fp32(x: np.ndarray, mode: str) -> np.ndarray:
     return r
 
 
+@lru_cache(maxsize=None)
+def _integer(dtype: np.dtype) -> bool:
+    """Whether the cube takes `dtype` as an integer mode (int4 is an ml_dtypes type, not kind
+    'i'); cached, as str(dtype) costs more than a small product's bookkeeping."""
+    return dtype.kind in "iu" or str(dtype) == "int4"
+
+
 def cube_matmul(acc: np.ndarray | None, a: np.ndarray, b: np.ndarray, rounding: str, group_k: int) -> np.ndarray:
     """acc + a @ b as the cube computes it. Floats: fp32 result; ints: exact, wrapped to int32."""
-    if a.dtype.kind in "iu" or str(a.dtype) == "int4":
+    if _integer(a.dtype):
         prod = a.astype(np.float64) @ b.astype(np.float64)     # exact: |sum| << 2**53
         out = prod.astype(np.int64)
         if acc is not None:
@@ -52,20 +60,21 @@ def cube_matmul(acc: np.ndarray | None, a: np.ndarray, b: np.ndarray, rounding: 
     n = b.shape[1]
     groups = -(-k // group_k)
     pad = groups * group_k - k
-    a64 = a.astype(np.float64)
-    b64 = b.astype(np.float64)
+    a64 = a.astype(np.float64, copy=False)    # only read (np.pad copies)
+    b64 = b.astype(np.float64, copy=False)
     if pad:
         a64 = np.pad(a64, ((0, 0), (0, pad)))
         b64 = np.pad(b64, ((0, pad), (0, 0)))
     partial = np.matmul(a64.reshape(m, groups, group_k).transpose(1, 0, 2), b64.reshape(groups, group_k, n))
     out = np.zeros((m, n), np.float32) if acc is None else acc.astype(np.float32)
+    if rounding == "rne":
+        for g in range(groups):   # fp32 accumulator + exact group sum in float64, rounded once to nearest-even
+            np.add(out, partial[g], out=out, casting="unsafe")
+        return out
     exact = np.empty((m, n), np.float64)
     for g in range(groups):
         np.add(out, partial[g], out=exact)          # fp32 accumulator + exact group sum, in float64
-        if rounding == "rne":
-            out[...] = exact                        # one rounding to nearest-even, in place
-        else:
-            out = round_fp32(exact, rounding)
+        out = round_fp32(exact, rounding)
     return out
 
 
@@ -112,9 +121,9 @@ def random_uniform(seed: int, index: np.ndarray, dtype: str) -> np.ndarray:
 def split_fp16(x: np.ndarray, shift: int, half: str = "fp16") -> tuple[np.ndarray, np.ndarray]:
     """hi = half(x); lo = half(fp32(x - hi) * 2**shift), the vector unit's split of fp32 values."""
     with np.errstate(over="ignore", invalid="ignore"):
-        x32 = x.astype(np.float32)
+        x32 = x.astype(np.float32, copy=False)    # only read: no copy of fp32 sources
         hi = x32.astype(NUMPY[half])
-        resid = (x32 - hi.astype(np.float32)).astype(np.float32)
+        resid = x32 - hi.astype(np.float32)         # float32 already
         lo = (resid * np.float32(2.0 ** shift)).astype(NUMPY[half])
     return hi, lo
 

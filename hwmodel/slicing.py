@@ -33,7 +33,11 @@ def phases(ops: tuple[Op, ...]) -> list[list[Op]]:
 
 def index(v: View) -> tuple:
     """The numpy index of a view within its tensor or buffer slot."""
-    return tuple(slice(o, o + e) for o, e in zip(v.offset, v.extent))
+    offset, extent = v.offset, v.extent
+    if len(offset) == 2:   # most views: no generator
+        (o0, o1), (e0, e1) = offset, extent
+        return slice(o0, o0 + e0), slice(o1, o1 + e1)
+    return tuple(slice(o, o + e) for o, e in zip(offset, extent))
 
 
 def _reads_destination(op: Op) -> bool:
@@ -101,84 +105,160 @@ def _runs(rows: np.ndarray) -> tuple[tuple[int, int], ...]:
     return tuple(runs) if len(runs) <= MAX_ROW_RUNS else ((runs[0][0], runs[-1][1]),)
 
 
+def _table_flags(trace: Trace, test) -> np.ndarray:
+    """test(op) for every entry of a decoded trace's op_table, as a boolean array to index
+    with the per-core op id arrays (one Python call per distinct op, not per issued op)."""
+    return np.fromiter((test(op) for op in trace.op_table), bool, len(trace.op_table))
+
+
+def _positions(trace: Trace, test) -> list[list[int]]:
+    """Per core, the positions in trace.ops[core] of the ops for which test(op) holds: found on
+    the op id arrays when the trace has them (a few thousand distinct ops instead of a pass
+    over hundreds of thousands of issued ones)."""
+    if trace.op_ids is not None:
+        flags = _table_flags(trace, test)
+        return [np.flatnonzero(flags[np.asarray(ids, np.int64)]).tolist() for ids in trace.op_ids]
+    return [[i for i, op in enumerate(ops) if test(op)] for ops in trace.ops]
+
+
+def phase_bounds(trace: Trace) -> list[list[tuple[int, int]]]:
+    """bounds[core][phase]: (start, stop) of that phase's ops in trace.ops[core], barriers
+    excluded; trace.ops[core][start:stop] is phases(trace.ops[core])[phase]."""
+    out = []
+    for core, barriers in enumerate(_positions(trace, _is_barrier)):
+        starts = [0] + [b + 1 for b in barriers]
+        out.append(list(zip(starts, barriers + [len(trace.ops[core])])))
+    return out
+
+
+def _is_barrier(op: Op) -> bool:
+    return op.kind == "barrier"
+
+
+def _writes_gm(op: Op) -> bool:
+    return bool(op.dst) and op.dst[0].key < 0
+
+
+class _Facts:
+    """What the slice needs of one distinct op, computed once however often cores issue it:
+    its destinations and reads as (key, numpy index, view), whether it reads its destination,
+    and its row work if that is large enough to keep it by rows (else 0; see _row_work)."""
+
+    __slots__ = ("dst", "reads", "reads_dst", "work")
+
+    def __init__(self, op: Op, min_saving: int):
+        self.reads_dst = _reads_destination(op)
+        self.dst = tuple((v.key, index(v), v) for v in op.dst)
+        self.reads = tuple((v.key, index(v), v) for v in op.src + (op.dst if self.reads_dst else ()))
+        work = _row_work(op) if op.kind in _ROW_KINDS else 0
+        self.work = work if work and work >= min_saving else 0
+
+
+def _row_index(v: View, at: tuple, start: int, stop: int) -> tuple:
+    """index(row_view(v, start, stop)) from index(v) = at, without building the view."""
+    d = v.keep.index(True)
+    o = at[d].start
+    return at[:d] + (slice(o + start, o + stop),) + at[d + 1:]
+
+
 def backward_slice(trace: Trace, targets: dict[int, np.ndarray],
                    per_core: list[list[list[Op]]] | None = None) -> list[list[list]]:
     """keep[phase][core][i]: whether op i of that core's phase is needed for the final values of
     the GM elements marked in `targets` (tensor id -> boolean mask of the tensor's shape):
     False, True (the whole op), or the runs (start, stop) of destination rows needed (replay
-    each with row_op). `per_core`: the trace's ops already split by phases(), if the caller
-    has them."""
-    per_core = per_core if per_core is not None else [phases(ops) for ops in trace.ops]
-    n_phases = len(per_core[0]) if per_core else 0
+    each with row_op). `per_core` is accepted for compatibility and not needed: phases are
+    found with phase_bounds."""
+    bounds = phase_bounds(trace)
+    keep = [[[False] * (stop - start) for start, stop in (b[p] for b in bounds)]
+            for p in range(len(bounds[0]) if bounds else 0)]
+    for p, cores in enumerate(sliced_ops(trace, targets, bounds)):
+        for core, kept in enumerate(cores):
+            for i, k in kept:
+                keep[p][core][i] = k
+    return keep
+
+
+def sliced_ops(trace: Trace, targets: dict[int, np.ndarray],
+               bounds: list[list[tuple[int, int]]]) -> list[list[list[tuple[int, object]]]]:
+    """The slice of backward_slice, sparse: kept[phase][core] lists (i, keep) for the kept ops
+    only, in replay order (i: the op's position within the core's phase, as in backward_slice).
+    `bounds`: phase_bounds(trace). A replay walks these instead of every op of every core."""
+    n_phases = len(bounds[0]) if bounds else 0
     gm_shapes = {t.id: t.shape for t in trace.tensors}
     need_gm: dict[int, np.ndarray] = {-1 - t: m.copy() for t, m in targets.items()}   # by View.key (GM: < 0)
-    need_local: list[dict[int, np.ndarray]] = [{} for _ in per_core]                   # by View.key (slot)
-    keep = [[[False] * len(per_core[c][p]) for c in range(len(per_core))] for p in range(n_phases)]
-    where: dict[int, tuple] = {}   # view id -> numpy index (views are shared objects)
+    need_local: list[dict[int, np.ndarray]] = [{} for _ in bounds]                    # by View.key (slot)
+    kept_out = [[[] for _ in bounds] for _ in range(n_phases)]
+    gm_writes = _positions(trace, _writes_gm)
+    facts: dict[int, _Facts] = {}   # id(op) -> _Facts (ops live as long as the trace)
 
-    def at(v: View) -> tuple:
-        i = where.get(id(v))
-        if i is None:
-            i = where[id(v)] = index(v)
-        return i
-
+    min_saving = MIN_ROW_SAVING
+    gm_get = need_gm.get
     for p in reversed(range(n_phases)):
-        for core in reversed(range(len(per_core))):
-            ops, kept, local = per_core[core][p], keep[p][core], need_local[core]
-            buffers = trace.buffers[core]
-            # while none of this core's buffers is needed, only its GM writes can be: jump between them
-            gm_writes = [i for i, op in enumerate(ops) if op.dst[0].key < 0]
-            i = len(ops) - 1
-            while i >= 0:
-                if not local:
-                    j = bisect_right(gm_writes, i) - 1
-                    if j < 0:
+        for core in reversed(range(len(bounds))):
+            start, stop = bounds[core][p]
+            ops, kept, local = trace.ops[core], kept_out[p][core], need_local[core]
+            buffers, writes, local_get = trace.buffers[core], gm_writes[core], local.get
+            i = stop - 1
+            while i >= start:
+                if not local:   # none of this core's buffers is needed: only its GM writes can be
+                    j = bisect_right(writes, i) - 1
+                    if j < 0 or writes[j] < start:
                         break
-                    i = gm_writes[j]
+                    i = writes[j]
                 op = ops[i]
                 i -= 1
-                for v in op.dst:
-                    key = v.key
-                    m = need_gm.get(key) if key < 0 else local.get(key)
-                    if m is not None and m[at(v)].any():
+                f = facts.get(id(op))
+                if f is None:
+                    f = facts[id(op)] = _Facts(op, min_saving)
+                for key, at, _ in f.dst:
+                    m = gm_get(key) if key < 0 else local_get(key)
+                    if m is not None and m[at].any():
                         break
                 else:
                     continue
-                runs = None
-                work = _row_work(op)
-                if work and work >= MIN_ROW_SAVING:
-                    rows = op.dst[0].shape[0]
-                    needed = np.zeros(rows, bool)
-                    for v in op.dst:
-                        key = v.key
-                        m = need_gm.get(key) if key < 0 else local.get(key)
+                runs = _needed_runs(op, f, gm_get, local_get) if f.work else None
+                kept.append((i + 1 - start, runs or True))
+                if not f.reads_dst:
+                    for key, at, _ in f.dst:
+                        m = gm_get(key) if key < 0 else local_get(key)
                         if m is not None:
-                            needed |= m[at(v)].reshape(v.shape).any(axis=1)
-                    needed = np.flatnonzero(needed)
-                    if len(needed) < rows and work * (rows - len(needed)) >= MIN_ROW_SAVING * rows:
-                        runs = _runs(needed)
-                kept[i + 1] = runs or True
-                reads_dst = _reads_destination(op)
-                if not reads_dst:
-                    for v in op.dst:
-                        key = v.key
-                        m = need_gm.get(key) if key < 0 else local.get(key)
-                        if m is not None:
-                            m[at(v)] = False
+                            m[at] = False
                             if key >= 0 and not m.any():   # fully resolved
                                 del local[key]
-                if runs is None:
-                    reads = op.src + (op.dst if reads_dst else ())
-                else:                   # the rows needed of every operand read row by row
-                    rows = op.dst[0].shape[0]
-                    whole = (op.src[1],) if op.kind == "mma" else tuple(v for v in op.src if v.shape[0] != rows)
-                    by_rows = tuple(v for v in op.src + (op.dst if reads_dst else ()) if not any(v is w for w in whole))
-                    reads = whole + tuple(row_view(v, r0, r1) for v in by_rows for r0, r1 in runs)
-                for v in reads:
-                    key = v.key
-                    needs = need_gm if key < 0 else local
-                    m = needs.get(key)
+                for key, at, v in (f.reads if runs is None else _row_reads(op, f, runs)):
+                    m = gm_get(key) if key < 0 else local_get(key)
                     if m is None:
-                        m = needs[key] = np.zeros(gm_shapes[v.base] if key < 0 else buffers[v.base].shape, bool)
-                    m[at(v) if runs is None else index(v)] = True
-    return keep
+                        if key < 0:
+                            m = need_gm[key] = np.zeros(gm_shapes[v.base], bool)
+                        else:
+                            m = local[key] = np.zeros(buffers[v.base].shape, bool)
+                    m[at] = True
+            kept.reverse()
+    return kept_out
+
+
+def _needed_runs(op: Op, f: _Facts, gm_get, local_get) -> tuple[tuple[int, int], ...] | None:
+    """The runs of destination rows still needed of an op worth keeping by rows, or None when
+    too many of its rows are needed for that to save enough."""
+    rows = op.dst[0].shape[0]
+    needed = np.zeros(rows, bool)
+    for key, at, v in f.dst:
+        m = gm_get(key) if key < 0 else local_get(key)
+        if m is not None:
+            needed |= m[at].reshape(v.shape).any(axis=1)
+    needed = np.flatnonzero(needed)
+    if len(needed) < rows and f.work * (rows - len(needed)) >= MIN_ROW_SAVING * rows:
+        return _runs(needed)
+    return None
+
+
+def _row_reads(op: Op, f: _Facts, runs: tuple[tuple[int, int], ...]) -> list[tuple]:
+    """The reads of an op kept for runs of rows: operands read whole (a cube product's right
+    operand, sources of one broadcast row), then the runs of rows of the others."""
+    rows = op.dst[0].shape[0]
+    if op.kind == "mma":
+        whole = [r for r in f.reads if r[2] is op.src[1]]
+    else:
+        whole = [r for r in f.reads[:len(op.src)] if r[2].shape[0] != rows]
+    by_rows = [r for r in f.reads if not any(r[2] is w[2] for w in whole)]
+    return whole + [(key, _row_index(v, at, r0, r1), v) for key, at, v in by_rows for r0, r1 in runs]
