@@ -63,9 +63,15 @@ def _same(values: tuple) -> bool:
 
 
 def lift(cores: Cores, values: tuple):
-    """The per-core `values` as one value: plain when every core agrees, else a CoreVal."""
-    if _same(values):
-        return values[0]
+    """The per-core `values` as one value: plain when every core agrees, else a CoreVal. Other
+    objects than scalars agree only by identity (equal lists that are different objects are
+    different state: a core that appends to its own must not append to another's)."""
+    first = values[0]
+    if type(first) in SCALARS:
+        if _same(values):
+            return first
+    elif all(x is first for x in values):
+        return first
     for x in values:
         if type(x) not in SCALARS:
             cores.diverge(f"a per-core {type(x).__name__}")

@@ -16,6 +16,7 @@ real isinstance), are recorded core by core without trying.
 """
 from __future__ import annotations
 
+import builtins
 import dis
 import operator
 from itertools import repeat
@@ -216,10 +217,13 @@ class AllCores(Kernel):
             return
         n, nd, distinct = self._cores.n, len(dst), self._distinct
         ops = []
-        for operands in zip(*[v._views if type(v) is CoreView else repeat(v, n) for v in dst + src]):
-            key = (kind, line, params, *operands[:nd], None, *operands[nd:])
-            op = distinct.get(key)
-            ops.append(op if op is not None else self._new_op(key, kind, operands[:nd], operands[nd:], params))
+        try:
+            for operands in zip(*[v._views if type(v) is CoreView else repeat(v, n) for v in dst + src]):
+                key = (kind, line, params, *operands[:nd], None, *operands[nd:])
+                op = distinct.get(key)
+                ops.append(op if op is not None else self._new_op(key, kind, operands[:nd], operands[nd:], params))
+        except Exception as exc:   # some core's op breaks a rule: it raises there, alone
+            self._cores.diverge(f"{kind} raised {type(exc).__name__} on a core")
         if len(self._ops) >= self._max_ops:
             self._too_many(kind)
         self._ops.append(tuple(ops))
@@ -234,7 +238,18 @@ def builtins_overlay(cores: Cores) -> dict:
 
     def print(*args, **kwargs):     # noqa: A001 (core by core, every core prints)
         cores.diverge("print")
-    return {"isinstance": isinstance, "print": print, "min": _extreme(cores, min), "max": _extreme(cores, max)}
+    def pow(*args):                 # noqa: A001 (three-argument pow never reaches CoreVal.__rpow__)
+        if not any(type(x) is CoreVal for x in args):
+            return builtins.pow(*args)
+        columns = [x._v if type(x) is CoreVal else repeat(x, cores.n) for x in args]
+        try:
+            return lift(cores, tuple(builtins.pow(*column) for column in zip(*columns)))
+        except Diverged:
+            raise
+        except Exception as exc:
+            cores.diverge(f"pow raised {type(exc).__name__}")
+    return {"isinstance": isinstance, "print": print, "pow": pow, "min": _extreme(cores, min),
+            "max": _extreme(cores, max)}
 
 
 def _extreme(cores: Cores, builtin):

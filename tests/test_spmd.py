@@ -229,6 +229,41 @@ ADVERSARIAL = {   # kernels that try to tell the all-cores run from a core's own
         def kernel(k, a, c):
             Kernel.copy = Kernel.muls
     """,
+    "shared_mutable_items": """
+        def kernel(k, a, c):
+            items = [[0] for _ in range(2 * k.num_cores)]   # equal lists, each core's own
+            mine = k.share(items)
+            mine[0].append(1)
+            ub = k.alloc("UB", (16, 64), "fp32")
+            for i, _ in k.tiles((512, 64), (16, 64)):
+                k.copy(ub, a[i:i + 16, :])
+                if len(items[0]) > 1:          # only core 0 appended to items[0]
+                    k.muls(ub, ub, 2.0)
+                k.copy(c[i:i + 16, :], ub)
+    """,
+    "rule_broken_on_one_core": """
+        def kernel(k, a, c):
+            ub = k.alloc("UB", (16, 64), "fp32")
+            for i, _ in k.tiles((512, 64), (16, 64)):
+                try:
+                    k.copy(ub[0:8, :], a[i:i + 16, :])   # shapes differ: every core raises...
+                except Exception:
+                    pass
+                row = 16 if k.core_id == 3 else 8
+                try:
+                    k.copy(ub[0:8, :], a[i:i + row, :])  # ...but only core 3 here
+                except Exception:
+                    pass
+                k.copy(c[i:i + 16, :], ub)
+    """,
+    "three_argument_pow": """
+        def kernel(k, a, c):
+            ub = k.alloc("UB", (16, 64), "fp32")
+            for i, _ in k.tiles((512, 64), (16, 64)):
+                k.copy(ub, a[i:i + 16, :])
+                k.muls(ub, ub, float(pow(2, k.core_id * 4 + 3, 5)))
+                k.copy(c[i:i + 16, :], ub)
+    """,
     "uneven_tiles": """
         def kernel(k, a, c):
             ub = k.alloc("UB", (16, 64), "fp32")
@@ -265,7 +300,7 @@ def test_adversarial_kernels_record_as_core_by_core(name):
     fast, slow, took = both(ADVERSARIAL[name])
     assert_same(fast, slow)
     expected_fast = {"arithmetic", "rings_at_per_core_slots", "isinstance", "view_attributes", "view_equality",
-                     "module_state", "default_argument_state", "uneven_tiles"}
+                     "module_state", "default_argument_state", "uneven_tiles", "three_argument_pow"}
     assert took == (name in expected_fast), name
 
 
