@@ -249,7 +249,7 @@ ADVERSARIAL = {   # kernels that try to tell the all-cores run from a core's own
                     k.copy(ub[0:8, :], a[i:i + 16, :])   # shapes differ: every core raises...
                 except Exception:
                     pass
-                row = 16 if k.core_id == 3 else 8
+                row = 8 + 8 * (k.core_id == 3)
                 try:
                     k.copy(ub[0:8, :], a[i:i + row, :])  # ...but only core 3 here
                 except Exception:
