@@ -53,7 +53,14 @@ def encode(trace: Trace) -> bytes:
         ops.append((kinds.setdefault(op.kind, len(kinds)), op.line, params.setdefault(op.params, len(params)),
                     len(op.dst), len(op.src)))
         operands.extend(view_row(v) for v in op.dst + op.src)
-    sequences = [np.fromiter((op_rows[id(op)] for op in core_ops), np.int64, len(core_ops)) for core_ops in trace.ops]
+    if trace.op_ids is not None:   # the per-core sequences are id arrays already: renumber them
+        renumber = np.full(len(trace.op_table) + 1, -1, np.int64)
+        for i, op in enumerate(trace.op_table):
+            renumber[i] = op_rows.get(id(op), -1)
+        sequences = [renumber[np.asarray(ids, np.int64)] for ids in trace.op_ids]
+    else:
+        sequences = [np.fromiter((op_rows[id(op)] for op in core_ops), np.int64, len(core_ops))
+                     for core_ops in trace.ops]
     header = {
         "machine": trace.machine,
         "tensors": [[t.id, t.name, list(t.shape), t.dtype, t.role] for t in trace.tensors],
@@ -148,8 +155,7 @@ def _decode(buf: memoryview) -> Trace:
         raise CodecError(f"{len(sequences)} op sequences for {len(buffers)} cores")
     for seq in sequences:
         _need(seq.size == 0 or (int(seq.min()) >= 0 and int(seq.max()) < len(distinct)), "op index")
-    ops = tuple(tuple(map(distinct.__getitem__, seq.tolist())) for seq in sequences)
-    return Trace(header["machine"], tensors, buffers, ops, tuple(distinct), tuple(sequences))
+    return Trace.from_arrays(header["machine"], tensors, buffers, tuple(distinct), tuple(sequences))
 
 
 def _tuples(x):

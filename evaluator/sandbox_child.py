@@ -168,6 +168,7 @@ def _prepare(request: dict) -> tuple:
     """Everything recording needs, imported and built before containment (no file opens after)."""
     from evaluator.codec import encode
     from evaluator.policy import ALLOWED_BUILTINS, DSL_PUBLIC_NAMES
+    import numpy.ma  # noqa: F401  (np.unique imports it on first use: encoding an all-cores trace calls it)
     from hwmodel import dsl, spmd  # noqa: F401  (spmd: record_trace's all-cores run, imported before containment)
     from hwmodel.errors import HwError
     from hwmodel.simulate import TensorArg, declare
@@ -379,8 +380,8 @@ def serve() -> None:
         send({"job": request["job"], "pid": pid})
 
 
-_WARM_MODULES = ("evaluator.codec", "evaluator.policy", "evaluator.containment", "hwmodel.dsl", "hwmodel.errors",
-                 "hwmodel.simulate", "hwmodel.spec", "pyseccomp")
+_WARM_MODULES = ("evaluator.codec", "evaluator.policy", "evaluator.containment", "hwmodel.dsl", "hwmodel.spmd",
+                 "numpy.ma", "hwmodel.errors", "hwmodel.simulate", "hwmodel.spec", "pyseccomp")
 _PR_SET_PDEATHSIG = 1
 
 

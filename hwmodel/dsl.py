@@ -12,8 +12,11 @@ import sys
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from math import ceil, prod
+from collections.abc import Sequence
 from types import CodeType
-from typing import Callable, Mapping, Sequence
+from typing import Callable, Mapping
+
+import numpy as np
 
 from hwmodel.dtypes import BITS, check_dtype, nbytes
 from hwmodel.errors import BoundsError, CapacityError, HwError, LimitError, ParamError, ShapeError
@@ -26,6 +29,35 @@ from hwmodel.views import BufferDecl, Ring, TensorDecl, View
 _getframe = sys._getframe   # the kernel's line of each op (a module global: one lookup less per op)
 
 
+class OpSeq(Sequence):
+    """One core's ops as ids into a table of distinct ops shared by all cores (traces decoded
+    from arrays, or recorded all cores at once): an op object is looked up when the sequence
+    is iterated or indexed, never built per issued op."""
+
+    __slots__ = ("ids", "table")
+
+    def __init__(self, ids: np.ndarray, table: tuple[Op, ...]):
+        self.ids = ids
+        self.table = table
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return tuple(map(self.table.__getitem__, self.ids[i].tolist()))
+        return self.table[int(self.ids[i])]
+
+    def __iter__(self):
+        return map(self.table.__getitem__, self.ids.tolist())
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, Sequence) and len(self) == len(other) and all(
+            a is b or a == b for a, b in zip(self, other))
+
+    __hash__ = None
+
+
 @dataclass(frozen=True)
 class Trace:
     """What a kernel did on every core: GM tensors, per-core buffers and per-core ops."""
@@ -33,12 +65,18 @@ class Trace:
     machine: str
     tensors: tuple[TensorDecl, ...]
     buffers: tuple[tuple[BufferDecl, ...], ...]
-    ops: tuple[tuple[Op, ...], ...]   # per core, in issue order; identical ops are one shared object
-    # The same program as arrays, where the trace was decoded from them (evaluator.codec):
-    # ops[c][i] is op_table[op_ids[c][i]]. Whole-trace passes (validation, coverage, the
-    # benchmark check's targets) then work on distinct ops and numpy arrays, not per-op objects.
+    ops: tuple[Sequence[Op], ...]   # per core, in issue order; identical ops are one shared object
+    # The same program as arrays, where the trace was decoded from them (evaluator.codec) or
+    # recorded all cores at once (hwmodel.spmd): ops[c][i] is op_table[op_ids[c][i]] (ops[c]
+    # is then an OpSeq). Whole-trace passes (validation, coverage, timing, the benchmark
+    # check's targets) then work on distinct ops and numpy arrays, not per-op objects.
     op_table: tuple[Op, ...] | None = field(default=None, repr=False, compare=False)
     op_ids: tuple | None = field(default=None, repr=False, compare=False)   # per core: int64 numpy arrays
+
+    @classmethod
+    def from_arrays(cls, machine: str, tensors: tuple, buffers: tuple, table: tuple[Op, ...],
+                    ids: Sequence[np.ndarray]) -> "Trace":
+        return cls(machine, tensors, buffers, tuple(OpSeq(x, table) for x in ids), table, tuple(ids))
 
     @property
     def num_ops(self) -> int:
@@ -53,9 +91,8 @@ class Trace:
                 seen.setdefault(id(op), op)
         return list(seen.values())
 
-    def used_op_indices(self):
-        """Indices into op_table of the ops some core issues (sorted); decoded traces only."""
-        import numpy as np
+    def used_op_indices(self) -> np.ndarray:
+        """Indices into op_table of the ops some core issues (sorted); traces with op_ids only."""
         return np.unique(np.concatenate([np.asarray(ids) for ids in self.op_ids] or [np.zeros(0, np.int64)]))
 
 
@@ -503,7 +540,8 @@ def record_trace(kernel: KernelFn | KernelModule, machine: MachineSpec, tensors:
                 state = shared()
                 recorded = record_all_cores(kernel.instantiate, machine, args, state)
                 if recorded is not None:
-                    return Trace(machine.name, tuple(tensors) + tuple(state.decls), *recorded)
+                    buffers, table, ids = recorded
+                    return Trace.from_arrays(machine.name, tuple(tensors) + tuple(state.decls), buffers, table, ids)
             instances = (kernel.instantiate() for _ in range(machine.num_cores))
         else:
             instances = (kernel for _ in range(machine.num_cores))

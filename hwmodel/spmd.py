@@ -23,6 +23,8 @@ from itertools import repeat
 import sys
 from types import CodeType
 
+import numpy as np
+
 from hwmodel.corevals import Cores, CoreVal, Diverged, at, force_isinstance, lift, per_core_in
 from hwmodel.dsl import Kernel, _Shared, tile_share
 from hwmodel.ops import Op
@@ -270,8 +272,9 @@ def _extreme(cores: Cores, builtin):
 
 
 def record_all_cores(instantiate, machine, args: list[View], shared: _Shared) -> tuple | None:
-    """(buffers, ops) per core from one run of a fresh instance of the kernel, or None where
-    the cores diverge (or the run raises): then record core by core."""
+    """(buffers per core, table of distinct ops, op ids per core) from one run of a fresh
+    instance of the kernel, or None where the cores diverge (or the run raises): then record
+    core by core."""
     cores = Cores(machine.num_cores)
     try:
         kernel_fn = instantiate(builtins_overlay(cores))
@@ -281,10 +284,35 @@ def record_all_cores(instantiate, machine, args: list[View], shared: _Shared) ->
         return None
     if cores.divergences:
         return None
-    buffers = tuple(k._buffers)
-    log = k._ops
-    ops = tuple(tuple(e if type(e) is Op else e[c] for e in log) for c in range(cores.n))
-    return (buffers,) * cores.n, ops
+    table, ids = op_arrays(k._ops, cores.n)
+    return (tuple(k._buffers),) * cores.n, table, ids
+
+
+def op_arrays(log: list, n: int) -> tuple[tuple[Op, ...], tuple[np.ndarray, ...]]:
+    """The op log of an all-cores run (an Op for every core, or a tuple of each core's Op) as a
+    table of distinct ops and each core's op ids into it."""
+    index: dict[int, int] = {}
+    table: list[Op] = []
+
+    def row(op: Op) -> int:
+        i = index.get(id(op))
+        if i is None:
+            i = index[id(op)] = len(table)
+            table.append(op)
+        return i
+
+    shared = np.empty(len(log), np.int64)
+    own_rows, own_ids = [], []
+    for r, entry in enumerate(log):
+        if type(entry) is Op:
+            shared[r] = row(entry)
+        else:
+            own_rows.append(r)
+            own_ids.append([row(op) for op in entry])
+    ids = np.repeat(shared[None, :], n, axis=0)   # [core, position]
+    if own_rows:
+        ids[:, own_rows] = np.array(own_ids, np.int64).T
+    return tuple(table), tuple(ids)   # rows of a C-ordered array: each core's ids are contiguous
 
 
 __all__ = ["AllCores", "CoreView", "Diverged", "record_all_cores", "refusal", "BufferDecl"]

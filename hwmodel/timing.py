@@ -130,7 +130,7 @@ _HAVE_NUMBA = find_spec("numba") is not None
 
 
 @cache
-def _compiled_loop_loads() -> bool:
+def compiled_loop_loads() -> bool:
     """Whether numba imports and the compiled modules load (once per process; a broken numba
     install leaves timing to the Python loop, with the same results, instead of failing it)."""
     try:
@@ -456,7 +456,7 @@ def _simulate_timing(trace: Trace, machine: MachineSpec, timeline_core: int | No
         if op.kind == "copy":
             bytes_by_path[f"{op.src[0].space}->{op.dst[0].space}"] += n * op.dst[0].nbytes
 
-    large = _HAVE_NUMBA and n_ops >= COMPILED_MIN_OPS and _compiled_loop_loads()
+    large = _HAVE_NUMBA and n_ops >= COMPILED_MIN_OPS and compiled_loop_loads()
     if large and timeline_core is None and not record_transfers and gm.l2_block_bytes // gm.sector_bytes <= 62:
         from hwmodel._timing_engine import run_trace
         pf, bz, fin, hit, miss = run_trace(trace, machine, compiled, pipe_idx, s_pipe, l2_capacity)

@@ -49,7 +49,7 @@ def test_array_validation_still_counts_barriers_per_core():
     ids = list(decoded.op_ids)
     ids[3] = np.append(ids[3], barrier)
     ops = list(decoded.ops)
-    ops[3] = ops[3] + (decoded.op_table[barrier],)
+    ops[3] = tuple(ops[3]) + (decoded.op_table[barrier],)
     forged = replace(decoded, ops=tuple(ops), op_ids=tuple(ids))
     with pytest.raises(HwError, match="different numbers of barriers"):
         validate_trace(forged, m, args)
