@@ -22,7 +22,7 @@ from hwmodel.dtypes import BITS, check_dtype, nbytes
 from hwmodel.errors import BoundsError, CapacityError, HwError, LimitError, ParamError, ShapeError
 from hwmodel.limits import (MAX_BUFFERS_PER_CORE, MAX_NAME_CHARS, MAX_OPS_PER_CORE, MAX_VIEW_RANK,
                             MAX_WORKSPACE_BYTES, MAX_WORKSPACES)
-from hwmodel.ops import COMPARE_MODES, Op, check_op
+from hwmodel.ops import COMPARE_MODES, Op, check_op_once
 from hwmodel.spec import MachineSpec
 from hwmodel.views import BufferDecl, Ring, TensorDecl, View
 
@@ -138,6 +138,7 @@ class _Shared:
         self.inputs = inputs
         self.ops: dict[tuple, Op] = {}
         self.handles: dict[tuple[BufferDecl, bool], View | Ring] = {}   # one handle per buffer for all cores
+        self.rules_passed: set = set()   # see hwmodel.ops.check_op_once
 
     def handle(self, decl: BufferDecl, ring: bool) -> View | Ring:
         """The view or ring of a buffer, shared by every core that declares the same buffer,
@@ -301,7 +302,7 @@ class Kernel(metaclass=_Sealed):
             raise HwError(f"copy: GM tensor #{dst[0].base} is a kernel input and read-only; write results to "
                           "the output or to a k.workspace")
         op = Op(kind, dst, src, params, key[1])
-        check_op(op, self._machine)
+        check_op_once(op, self._machine, self._shared.rules_passed)
         self._distinct[key] = op
         return op
 

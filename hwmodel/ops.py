@@ -84,6 +84,24 @@ def check_op(op: Op, machine: MachineSpec) -> None:
     check(op, machine)
 
 
+def check_op_once(op: Op, machine: MachineSpec, passed: set) -> None:
+    """check_op, skipped for a copy whose rule inputs equal those of one that passed (`passed`
+    is the caller's memo). A copy's rules read its arity and parameters, the spaces, dtypes
+    and shapes of its views and, on chip, where the view starts in its row and fractal
+    (check_alignment); a GM view's offset is not a rule of the op (bounds are the view's),
+    and GM copies of one tile shape differ in nothing else."""
+    if op.kind != "copy":
+        check_op(op, machine)
+        return
+    key = (op.params, len(op.dst), len(op.src), *[
+        (v.space, v.dtype, v.shape) if v.space == "GM" else (v.space, v.dtype, v.shape, v.offset[-1],
+                                                              v.offset[-2] if len(v.offset) >= 2 else None)
+        for v in op.dst + op.src])
+    if key not in passed:
+        check_op(op, machine)
+        passed.add(key)
+
+
 # ---------------------------------------------------------------- operands and parameters
 ARITY = {"copy": (1, 1), "mma": (1, 2), "barrier": (0, 0), "cast": (1, 1), "split_fp16": (2, 1), "fill": (1, 0),
          "random": (1, 0), "axpy": (1, 2), "mla": (1, 3), "compare": (1, 2), "quantize": (1, 2),

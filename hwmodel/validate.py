@@ -19,7 +19,7 @@ from hwmodel.dtypes import BITS
 from hwmodel.errors import BoundsError, CapacityError, HwError, LimitError
 from hwmodel.limits import (MAX_BUFFERS_PER_CORE, MAX_OPS, MAX_OPS_PER_CORE, MAX_VIEW_RANK, MAX_WORKSPACE_BYTES,
                             MAX_WORKSPACES)
-from hwmodel.ops import Op, check_op
+from hwmodel.ops import Op, check_op_once
 from hwmodel.spec import MachineSpec
 from hwmodel.views import BufferDecl, TensorDecl, View
 
@@ -38,6 +38,7 @@ def validate_trace(trace: Trace, machine: MachineSpec, args: Sequence[TensorDecl
     tensors = {t.id: t for t in trace.tensors}
     barriers = set()
     checked: set[tuple[int, int]] = set()   # identical ops are one object: check each once per buffer table
+    rules_passed: set = set()                # copies' rule inputs that passed (see check_op_once)
     tables: dict[tuple, int] = {}
     ids = trace.op_ids
     if ids is not None:   # a decoded trace: visit each core's distinct ops once, count barriers on arrays
@@ -67,12 +68,14 @@ def validate_trace(trace: Trace, machine: MachineSpec, args: Sequence[TensorDecl
             if type(op) is not Op:
                 raise HwError(f"core {core}: {type(op).__name__} is not an op")
             for v in op.dst + op.src:
-                _check_view(v, tensors, by_id)
+                if (id(v), table) not in checked:   # views are shared by the ops that use them: check each once
+                    _check_view(v, tensors, by_id)
+                    checked.add((id(v), table))
             for v in op.dst:
                 if v.space == "GM" and tensors[v.base].role == "input":
                     raise HwError(f"{op.kind}: writes GM tensor {tensors[v.base].name!r}, which is an input "
                                   "(inputs are read-only; write results to the output or a k.workspace)")
-            check_op(op, machine)
+            check_op_once(op, machine, rules_passed)
         barriers.add(n_barriers)
     if len(barriers) > 1:
         raise HwError(f"barrier: cores reach different numbers of barriers ({sorted(barriers)})")

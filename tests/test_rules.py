@@ -355,3 +355,35 @@ def test_error_messages_name_the_op():
         k.copy(ub, a)
 
     assert re.match(r"copy: ", raises(ShapeError, kernel))
+
+
+def test_check_op_once_accepts_exactly_what_check_op_accepts():
+    """The memo of passed copy rules (hwmodel.ops.check_op_once) never lets through a copy that
+    check_op rejects: library copies moved to every on-chip offset, GM offset and shape
+    nearby, in one memo, against check_op on each."""
+    from itertools import product
+
+    from hwmodel.ops import Op, check_op, check_op_once
+    from hwmodel.views import View
+    m = machine("ascend-910a")
+    passed: set = set()
+    verdicts = {True: 0, False: 0}
+    for space, (r, c), (gr, gc), (er, ec), dtype in product(
+            ("L1", "UB", "L0A"), [(0, 0), (16, 0), (3, 0), (0, 8), (0, 16), (16, 5)], [(0, 0), (5, 7)],
+            [(16, 16), (16, 8)], ("fp16", "fp32")):
+        local = View(space, 0, 0, (r, c), (er, ec), (True, True), dtype)
+        gm = View("GM", 1, 0, (gr, gc), (er, ec), (True, True), dtype)
+        for op in (Op("copy", (local,), (gm,)), Op("copy", (gm,), (local,))):
+            try:
+                check_op(op, m)
+                ok = True
+            except HwError:
+                ok = False
+            try:
+                check_op_once(op, m, passed)
+                once = True
+            except HwError:
+                once = False
+            assert once == ok, op
+            verdicts[ok] += 1
+    assert verdicts[True] and verdicts[False]
