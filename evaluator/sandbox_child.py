@@ -168,7 +168,7 @@ def _prepare(request: dict) -> tuple:
     """Everything recording needs, imported and built before containment (no file opens after)."""
     from evaluator.codec import encode
     from evaluator.policy import ALLOWED_BUILTINS, DSL_PUBLIC_NAMES
-    import numpy.ma  # noqa: F401  (np.unique imports it on first use: encoding an all-cores trace calls it)
+    import numpy.ma  # noqa: F401  (numpy imports it lazily, e.g. in np.unique: never after containment)
     from hwmodel import dsl, spmd  # noqa: F401  (spmd: record_trace's all-cores run, imported before containment)
     from hwmodel.errors import HwError
     from hwmodel.simulate import TensorArg, declare

@@ -354,11 +354,14 @@ def _distinct_ops(trace: Trace) -> tuple[dict[int, Op], Counter, int]:
         ids = list(map(id, flat))
         return dict(zip(ids, flat)), Counter(ids), len(ids)
     issued = np.concatenate([np.asarray(x, np.int64) for x in trace.op_ids] or [np.zeros(0, np.int64)])
-    used, first = np.unique(issued, return_index=True)
-    per_entry = np.bincount(issued, minlength=len(trace.op_table)).tolist()
+    per_entry = np.bincount(issued, minlength=len(trace.op_table))
+    first = np.full(len(per_entry), len(issued), np.int64)    # each entry's first issue (np.unique sorts: 20x slower)
+    np.minimum.at(first, issued, np.arange(len(issued)))
+    used = np.flatnonzero(per_entry)
+    per_entry = per_entry.tolist()
     distinct: dict[int, Op] = {}
     counts: Counter = Counter()
-    for i in used[np.argsort(first, kind="stable")].tolist():
+    for i in used[np.argsort(first[used], kind="stable")].tolist():
         op = trace.op_table[i]
         distinct[id(op)] = op
         counts[id(op)] += per_entry[i]

@@ -57,7 +57,7 @@ def validate_trace(trace: Trace, machine: MachineSpec, args: Sequence[TensorDecl
             by_id = {d.id: d for d in buffers}
         if ids is not None:
             core_ids = np.asarray(ids[core])
-            visit = map(trace.op_table.__getitem__, np.unique(core_ids).tolist())
+            visit = map(trace.op_table.__getitem__, np.flatnonzero(np.bincount(core_ids)).tolist())
             n_barriers = int(barrier[core_ids].sum())
         else:
             visit, n_barriers = ops, sum(1 for op in ops if type(op) is Op and op.kind == "barrier")
