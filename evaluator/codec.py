@@ -119,28 +119,8 @@ def _decode(buf: memoryview) -> Trace:
     _need(type(header["machine"]) is str, "machine")
     params = [_tuples(p) for p in params]
     _need(views_t.size % _VIEW_COLS == 0 and ops_t.size % 5 == 0, "table shapes")
-    views = []
-    for row in views_t.reshape(-1, _VIEW_COLS).tolist():
-        space, base, slot, dtype, rank = row[:5]
-        _need(0 <= space < len(spaces) and 0 <= dtype < len(_DTYPES) and 0 <= rank <= MAX_RANK
-              and 0 <= base < 2**31 and 0 <= slot < 2**20, "view fields")
-        off = tuple(row[5:5 + rank])
-        ext = tuple(row[5 + MAX_RANK:5 + MAX_RANK + rank])
-        keep = tuple(bool(k) for k in row[5 + 2 * MAX_RANK:5 + 2 * MAX_RANK + rank])
-        views.append(View(spaces[space], base, slot, off, ext, keep, _DTYPES[dtype]))
-    distinct = []
-    operands = operands.tolist()
-    at = 0
-    for kind, line, param, n_dst, n_src in ops_t.reshape(-1, 5).tolist():
-        _need(0 <= kind < len(kinds) and 0 <= param < len(params) and 0 <= n_dst <= 4 and 0 <= n_src <= 4
-              and at + n_dst + n_src <= len(operands), "op fields")
-        picks = operands[at:at + n_dst + n_src]
-        _need(all(0 <= i < len(views) for i in picks), "operand index")
-        dst = tuple(views[i] for i in picks[:n_dst])
-        src = tuple(views[i] for i in picks[n_dst:])
-        at += n_dst + n_src
-        distinct.append(Op(kinds[kind], dst, src, params[param], line))
-    _need(at == len(operands), "operand count")
+    views = _views(views_t.reshape(-1, _VIEW_COLS), spaces)
+    distinct = _ops(ops_t.reshape(-1, 5), operands, views, kinds, params)
     _need(type(header["tensors"]) is list and all(
         type(t) is list and len(t) == 5 and type(t[0]) is int and type(t[1]) is str and _ints(t[2])
         and type(t[3]) is str and type(t[4]) is str for t in header["tensors"]), "tensors")
@@ -156,6 +136,36 @@ def _decode(buf: memoryview) -> Trace:
     for seq in sequences:
         _need(seq.size == 0 or (int(seq.min()) >= 0 and int(seq.max()) < len(distinct)), "op index")
     return Trace.from_arrays(header["machine"], tensors, buffers, tuple(distinct), tuple(sequences))
+
+
+def _views(rows: np.ndarray, spaces: list[str]) -> list[View]:
+    """The view table: every field checked on the whole table at once, then one View per row."""
+    space, base, slot, dtype, rank = (rows[:, i] for i in range(5))
+    _need(bool(((0 <= space) & (space < len(spaces)) & (0 <= dtype) & (dtype < len(_DTYPES)) & (0 <= rank)
+                & (rank <= MAX_RANK) & (0 <= base) & (base < 2**31) & (0 <= slot) & (slot < 2**20)).all()),
+          "view fields")
+    views = []
+    for row in rows.tolist():
+        r = row[4]
+        views.append(View(spaces[row[0]], row[1], row[2], tuple(row[5:5 + r]),
+                          tuple(row[5 + MAX_RANK:5 + MAX_RANK + r]),
+                          tuple([k != 0 for k in row[5 + 2 * MAX_RANK:5 + 2 * MAX_RANK + r]]), _DTYPES[row[3]]))
+    return views
+
+
+def _ops(rows: np.ndarray, operands: np.ndarray, views: list[View], kinds: list[str], params: list) -> list[Op]:
+    """The op table: fields and operand indices checked on the whole table at once, then one Op per row."""
+    kind, param, n_dst, n_src = rows[:, 0], rows[:, 2], rows[:, 3], rows[:, 4]
+    _need(bool(((0 <= kind) & (kind < len(kinds)) & (0 <= param) & (param < len(params)) & (0 <= n_dst)
+                & (n_dst <= 4) & (0 <= n_src) & (n_src <= 4)).all()), "op fields")
+    _need(int((n_dst + n_src).sum()) == len(operands), "operand count")
+    _need(operands.size == 0 or (int(operands.min()) >= 0 and int(operands.max()) < len(views)), "operand index")
+    picked = list(map(views.__getitem__, operands.tolist()))
+    ops, at = [], 0
+    for k, line, p, nd, ns in rows.tolist():
+        ops.append(Op(kinds[k], tuple(picked[at:at + nd]), tuple(picked[at + nd:at + nd + ns]), params[p], line))
+        at += nd + ns
+    return ops
 
 
 def _tuples(x):
