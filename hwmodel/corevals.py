@@ -222,7 +222,12 @@ class CoreVal:
     __index__ = _forced(operator.index, "an index")
     __float__ = _forced(float, "float()")
     __complex__ = _forced(complex, "complex()")
-    __hash__ = _forced(hash, "a hash (dict key or set member)")
+    def __hash__(self):   # the view memo hashes per-core bounds on every per-core slice: kept short
+        hashes = {hash(x) for x in self._v}
+        if len(hashes) != 1:
+            self._c.diverge("a hash (dict key or set member)")
+        return hashes.pop()
+
     __str__ = _forced(str, "str()")
     __repr__ = _forced(repr, "repr()")
     __format__ = _forced(format, "formatting")
