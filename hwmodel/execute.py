@@ -7,6 +7,8 @@ at the benchmark shape. With `cores`, only those cores run in the last phase.
 """
 from __future__ import annotations
 
+from functools import lru_cache
+
 import numpy as np
 
 from hwmodel import numerics
@@ -134,35 +136,76 @@ def _run(trace: Trace, machine: MachineSpec, gm: dict[int, np.ndarray], cores: s
                     continue
             mem.select_core(core, trace.buffers[core])
             for op in ops:
-                _HANDLERS[op.kind](op, mem, machine)
+                if type(op) is Op:
+                    _HANDLERS[op.kind](op, mem, machine)
+                else:
+                    op.replay(mem, machine)
     return coverage(trace)
 
 
 class _RowOps:
-    """The ops of a slice in replay order, with each (op, rows) restriction built once per
-    replay: a core repeats the same op for the same rows through a K loop, and the same Op
-    and View objects let _Memory reuse their numpy indices."""
+    """The ops of a slice in replay order, each restriction to rows built once per replay: a
+    core repeats the same op for the same rows through a K loop, and the same Op and View
+    objects let _Memory reuse their numpy regions."""
 
     def __init__(self):
-        self.made: dict[tuple[int, int, int], tuple[Op, Op]] = {}   # (id(op), r0, r1) -> (op, row op)
+        self.made: dict[tuple, tuple[Op, object]] = {}   # (id(op), runs) -> (op, its replayable restriction)
 
-    def kept_ops(self, ops: tuple[Op, ...], start: int, kept: list[tuple[int, object]]) -> list[Op]:
-        """ops[start + i] for the kept (i, True), and its row ops for the kept (i, runs)."""
+    def kept_ops(self, ops: tuple[Op, ...], start: int, kept: list[tuple[int, object]]) -> list:
+        """ops[start + i] for the kept (i, True), and its restriction for the kept (i, runs)."""
         out = []
         for i, k in kept:
             op = ops[start + i]
-            if k is True:
-                out.append(op)
-            else:
-                out.extend(self.row_op(op, r0, r1) for r0, r1 in k)
+            out.append(op if k is True else self.restricted(op, k))
         return out
 
-    def row_op(self, op: Op, r0: int, r1: int) -> Op:
-        key = (id(op), r0, r1)
+    def restricted(self, op: Op, runs: tuple[tuple[int, int], ...]):
+        key = (id(op), runs)
         hit = self.made.get(key)
         if hit is None:      # the entry holds op, so its id stays its own while the entry lives
-            hit = self.made[key] = (op, row_op(op, r0, r1))
+            hit = self.made[key] = (op, row_op(op, *runs[0]) if len(runs) == 1 else _GatheredRows(op, runs))
         return hit[1]
+
+
+@lru_cache(maxsize=4096)
+def _rows(runs: tuple[tuple[int, int], ...]) -> np.ndarray:
+    """The row numbers of runs (start, stop), as a read-only index array (shared: cores keep
+    many ops for the same rows)."""
+    rows = np.array([r for r0, r1 in runs for r in range(r0, r1)], np.intp)
+    rows.flags.writeable = False
+    return rows
+
+
+class _GatheredRows:
+    """An op kept for several runs of its rows (see hwmodel.slicing), replayed once on those
+    rows gathered, rather than once per run: the op's handler sees row_op(op) on as many rows,
+    and reads and writes of its row-wise operands go to the chosen rows of the real ones.
+    Row i of the result depends only on row i of those operands, so the values are the ones a
+    replay of each run gives."""
+
+    def __init__(self, op: Op, runs: tuple[tuple[int, int], ...]):
+        self.rows = _rows(runs)
+        self.op = row_op(op, 0, len(self.rows))
+        self.real = {id(f): (f, v) for f, v in zip(self.op.dst + self.op.src, op.dst + op.src) if f is not v}
+        self.mem: _Memory | None = None
+
+    def replay(self, mem: _Memory, machine: MachineSpec) -> None:
+        self.mem = mem
+        try:
+            _HANDLERS[self.op.kind](self.op, self, machine)
+        finally:
+            self.mem = None
+
+    def read(self, v: View) -> np.ndarray:
+        hit = self.real.get(id(v))
+        return self.mem.read(v) if hit is None else self.mem.read(hit[1])[self.rows]
+
+    def write(self, v: View, value: np.ndarray) -> None:
+        region = self.mem.read(self.real[id(v)][1])      # destinations are always row-wise
+        value = np.asarray(value)
+        if value.dtype != region.dtype:
+            value = value.astype(region.dtype)
+        region[self.rows] = value.reshape(v.shape)
 
 
 def coverage(trace: Trace, cores: set[int] | None = None) -> dict[int, np.ndarray]:

@@ -74,8 +74,10 @@ def row_op(op: Op, start: int, stop: int) -> Op:
     return Op(op.kind, tuple(row_view(v, start, stop) for v in op.dst), src, op.params, op.line)
 
 
-MIN_ROW_SAVING = 262_144   # element operations an op must have to be kept by rows: below, the bookkeeping
-# costs more than the rows save (flash attention 4096: +0.07 s at 32k; sgemm_cube 4096: -0.5 s)
+MIN_ROW_SAVING = 0   # element operations an op must have to be kept by rows. The replay runs an op kept for
+# several runs of rows once, on those rows gathered (hwmodel.execute), so even small row-wise ops are worth
+# restricting: they narrow what their sources need (a drain's rows -> the cube products' rows). Sliced replay
+# at 4096, 0 vs 262_144: flash attention 1.03 -> 0.77 s, sgemm_cube 2.05 -> 1.81 s (CPU, first replay)
 
 
 def _row_work(op: Op) -> int:
@@ -144,21 +146,28 @@ class _Facts:
     its destinations and reads as (key, numpy index, view), whether it reads its destination,
     and its row work if that is large enough to keep it by rows (else 0; see _row_work)."""
 
-    __slots__ = ("dst", "reads", "reads_dst", "work")
+    __slots__ = ("op", "dst", "reads", "reads_dst", "work", "_split")
 
     def __init__(self, op: Op, min_saving: int):
+        self.op = op
         self.reads_dst = _reads_destination(op)
         self.dst = tuple((v.key, index(v), v) for v in op.dst)
         self.reads = tuple((v.key, index(v), v) for v in op.src + (op.dst if self.reads_dst else ()))
         work = _row_work(op) if op.kind in _ROW_KINDS else 0
-        self.work = work if work and work >= min_saving else 0
+        self.work = work if work >= min_saving else 0
+        self._split = None
 
-
-def _row_index(v: View, at: tuple, start: int, stop: int) -> tuple:
-    """index(row_view(v, start, stop)) from index(v) = at, without building the view."""
-    d = v.keep.index(True)
-    o = at[d].start
-    return at[:d] + (slice(o + start, o + stop),) + at[d + 1:]
+    def split_reads(self) -> tuple[tuple, tuple]:
+        """For an op kept by rows, as row_op restricts it: the reads it makes whole (a cube
+        product's right operand, sources of one broadcast row), and those it makes row by row,
+        with the numpy axis of their rows."""
+        if self._split is None:
+            op = self.op
+            rows = op.dst[0].shape[0]
+            whole = {id(op.src[1])} if op.kind == "mma" else {id(v) for v in op.src if v.shape[0] != rows}
+            self._split = (tuple(r for r in self.reads if id(r[2]) in whole),
+                           tuple((key, at, v, v.keep.index(True)) for key, at, v in self.reads if id(v) not in whole))
+        return self._split
 
 
 def backward_slice(trace: Trace, targets: dict[int, np.ndarray],
@@ -210,13 +219,19 @@ def sliced_ops(trace: Trace, targets: dict[int, np.ndarray],
                 f = facts.get(id(op))
                 if f is None:
                     f = facts[id(op)] = _Facts(op, min_saving)
-                for key, at, _ in f.dst:
-                    m = gm_get(key) if key < 0 else local_get(key)
-                    if m is not None and m[at].any():
-                        break
+                if f.work:     # needed rows, if any: the op may be kept for those only
+                    needed = _needed_rows(f, gm_get, local_get)
+                    if not len(needed):
+                        continue
+                    runs = _worth_rows(f, needed)
                 else:
-                    continue
-                runs = _needed_runs(op, f, gm_get, local_get) if f.work else None
+                    for key, at, _ in f.dst:
+                        m = gm_get(key) if key < 0 else local_get(key)
+                        if m is not None and m[at].any():
+                            break
+                    else:
+                        continue
+                    runs = None
                 kept.append((i + 1 - start, runs or True))
                 if not f.reads_dst:
                     for key, at, _ in f.dst:
@@ -225,7 +240,7 @@ def sliced_ops(trace: Trace, targets: dict[int, np.ndarray],
                             m[at] = False
                             if key >= 0 and not m.any():   # fully resolved
                                 del local[key]
-                for key, at, v in (f.reads if runs is None else _row_reads(op, f, runs)):
+                for key, at, v in (f.reads if runs is None else _row_reads(f, runs)):
                     m = gm_get(key) if key < 0 else local_get(key)
                     if m is None:
                         if key < 0:
@@ -237,28 +252,38 @@ def sliced_ops(trace: Trace, targets: dict[int, np.ndarray],
     return kept_out
 
 
-def _needed_runs(op: Op, f: _Facts, gm_get, local_get) -> tuple[tuple[int, int], ...] | None:
-    """The runs of destination rows still needed of an op worth keeping by rows, or None when
-    too many of its rows are needed for that to save enough."""
-    rows = op.dst[0].shape[0]
-    needed = np.zeros(rows, bool)
+def _needed_rows(f: _Facts, gm_get, local_get) -> np.ndarray:
+    """The destination rows of a row-wise op that some later op still needs (sorted; empty if
+    none: most ops a walk visits are, so that is checked first, whole)."""
+    needed = None
     for key, at, v in f.dst:
         m = gm_get(key) if key < 0 else local_get(key)
         if m is not None:
-            needed |= m[at].reshape(v.shape).any(axis=1)
-    needed = np.flatnonzero(needed)
+            region = m[at]
+            if region.any():
+                rows = region.reshape(v.shape).any(axis=1)
+                needed = rows if needed is None else needed | rows
+    return _NONE if needed is None else needed.nonzero()[0]
+
+
+_NONE = np.zeros(0, np.int64)
+
+
+def _worth_rows(f: _Facts, needed: np.ndarray) -> tuple[tuple[int, int], ...] | None:
+    """The runs of the needed rows, if keeping the op for those only saves enough; else None."""
+    rows = f.dst[0][2].shape[0]
     if len(needed) < rows and f.work * (rows - len(needed)) >= MIN_ROW_SAVING * rows:
         return _runs(needed)
     return None
 
 
-def _row_reads(op: Op, f: _Facts, runs: tuple[tuple[int, int], ...]) -> list[tuple]:
+def _row_reads(f: _Facts, runs: tuple[tuple[int, int], ...]) -> list[tuple]:
     """The reads of an op kept for runs of rows: operands read whole (a cube product's right
     operand, sources of one broadcast row), then the runs of rows of the others."""
-    rows = op.dst[0].shape[0]
-    if op.kind == "mma":
-        whole = [r for r in f.reads if r[2] is op.src[1]]
-    else:
-        whole = [r for r in f.reads[:len(op.src)] if r[2].shape[0] != rows]
-    by_rows = [r for r in f.reads if not any(r[2] is w[2] for w in whole)]
-    return whole + [(key, _row_index(v, at, r0, r1), v) for key, at, v in by_rows for r0, r1 in runs]
+    whole, by_rows = f.split_reads()
+    reads = list(whole)
+    for key, at, v, d in by_rows:
+        o = at[d].start
+        for r0, r1 in runs:
+            reads.append((key, at[:d] + (slice(o + r0, o + r1),) + at[d + 1:], v))
+    return reads
