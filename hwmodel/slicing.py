@@ -146,16 +146,17 @@ class _Facts:
     its destinations and reads as (key, numpy index, view), whether it reads its destination,
     and its row work if that is large enough to keep it by rows (else 0; see _row_work)."""
 
-    __slots__ = ("op", "dst", "reads", "reads_dst", "work", "_split")
+    __slots__ = ("op", "dst", "reads", "reads_dst", "work", "_split", "by_runs")
 
-    def __init__(self, op: Op, min_saving: int):
+    def __init__(self, op: Op, min_saving: int, operand):
         self.op = op
         self.reads_dst = _reads_destination(op)
-        self.dst = tuple((v.key, index(v), v) for v in op.dst)
-        self.reads = tuple((v.key, index(v), v) for v in op.src + (op.dst if self.reads_dst else ()))
+        self.dst = tuple([operand(v) for v in op.dst])
+        self.reads = tuple([operand(v) for v in (op.src + op.dst if self.reads_dst else op.src)])
         work = _row_work(op) if op.kind in _ROW_KINDS else 0
         self.work = work if work >= min_saving else 0
         self._split = None
+        self.by_runs: dict[tuple, tuple] = {}   # runs -> _row_reads(self, runs)
 
     def split_reads(self) -> tuple[tuple, tuple]:
         """For an op kept by rows, as row_op restricts it: the reads it makes whole (a cube
@@ -199,6 +200,13 @@ def sliced_ops(trace: Trace, targets: dict[int, np.ndarray],
     kept_out = [[[] for _ in bounds] for _ in range(n_phases)]
     gm_writes = _positions(trace, _writes_gm)
     facts: dict[int, _Facts] = {}   # id(op) -> _Facts (ops live as long as the trace)
+    operands: dict[int, tuple] = {}  # id(view) -> (key, numpy index, view): many ops share a buffer's views
+
+    def operand(v: View) -> tuple:
+        entry = operands.get(id(v))
+        if entry is None:
+            entry = operands[id(v)] = (v.key, index(v), v)
+        return entry
 
     min_saving = MIN_ROW_SAVING
     gm_get = need_gm.get
@@ -218,7 +226,7 @@ def sliced_ops(trace: Trace, targets: dict[int, np.ndarray],
                 i -= 1
                 f = facts.get(id(op))
                 if f is None:
-                    f = facts[id(op)] = _Facts(op, min_saving)
+                    f = facts[id(op)] = _Facts(op, min_saving, operand)
                 if f.work:     # needed rows, if any: the op may be kept for those only
                     needed = _needed_rows(f, gm_get, local_get)
                     if not len(needed):
@@ -277,13 +285,13 @@ def _worth_rows(f: _Facts, needed: np.ndarray) -> tuple[tuple[int, int], ...] | 
     return None
 
 
-def _row_reads(f: _Facts, runs: tuple[tuple[int, int], ...]) -> list[tuple]:
+def _row_reads(f: _Facts, runs: tuple[tuple[int, int], ...]) -> tuple[tuple, ...]:
     """The reads of an op kept for runs of rows: operands read whole (a cube product's right
-    operand, sources of one broadcast row), then the runs of rows of the others."""
-    whole, by_rows = f.split_reads()
-    reads = list(whole)
-    for key, at, v, d in by_rows:
-        o = at[d].start
-        for r0, r1 in runs:
-            reads.append((key, at[:d] + (slice(o + r0, o + r1),) + at[d + 1:], v))
+    operand, sources of one broadcast row), then the runs of rows of the others. Kept per
+    (op, runs): a core keeps the same ops for the same rows all through its K loop."""
+    reads = f.by_runs.get(runs)
+    if reads is None:
+        whole, by_rows = f.split_reads()
+        reads = f.by_runs[runs] = whole + tuple((key, at[:d] + (slice(at[d].start + r0, at[d].start + r1),) + at[d + 1:], v)
+                                                for key, at, v, d in by_rows for r0, r1 in runs)
     return reads

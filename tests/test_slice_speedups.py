@@ -1,5 +1,6 @@
 """The shortcuts of the sliced replay say what the plain passes say: phases and GM writes
-found on a decoded trace's op id arrays, and the slice walked on them."""
+found on a decoded trace's op id arrays, the slice walked on them, and ops kept for several
+runs of rows replayed once on the rows gathered."""
 from __future__ import annotations
 
 import numpy as np
@@ -10,7 +11,8 @@ from evaluator.tasks import get_task
 from hwmodel.dsl import record_trace
 from hwmodel.loader import load_kernel_source
 from hwmodel.simulate import declare, replay
-from hwmodel.slicing import backward_slice, phase_bounds, phases
+from hwmodel import execute
+from hwmodel.slicing import backward_slice, phase_bounds, phases, row_op
 from strategies.families import FAMILIES
 from tests.helpers import machine
 
@@ -50,3 +52,31 @@ def test_slice_on_op_arrays_is_the_slice_on_ops(name: str):
     full = replay(recorded, m, inputs)[0][task.output_name]
     sliced = replay(decoded, m, inputs, targets={task.output_name: targets})[0][task.output_name]
     assert np.array_equal(sliced[targets], full[targets], equal_nan=True)
+
+
+class _RunByRun:
+    """The replay of an op kept for several runs of rows before gathering: one row op per run."""
+
+    def __init__(self, op, runs):
+        self.ops = [row_op(op, r0, r1) for r0, r1 in runs]
+
+    def replay(self, mem, machine):
+        for op in self.ops:
+            execute._HANDLERS[op.kind](op, mem, machine)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_gathered_rows_replay_as_run_by_run(name: str, monkeypatch):
+    """Ops kept for several runs of rows give, replayed once on the gathered rows, the bits
+    that one replay per run gives."""
+    task, shape, m, _, decoded = _traces(name)
+    out = next(t for t in decoded.tensors if t.name == task.output_name)
+    targets = np.zeros(out.shape, bool)
+    targets.reshape(-1, out.shape[-1])[[3, 9, 77, 140], 5:40] = True
+    inputs = task.inputs(shape, task.distributions[0], np.random.default_rng(11))
+    keep = backward_slice(decoded, {out.id: targets})
+    assert any(k not in (True, False) and len(k) > 1 for phase in keep for core in phase for k in core)
+    gathered = replay(decoded, m, inputs, targets={task.output_name: targets})[0][task.output_name]
+    monkeypatch.setattr(execute, "_GatheredRows", _RunByRun)
+    run_by_run = replay(decoded, m, inputs, targets={task.output_name: targets})[0][task.output_name]
+    assert gathered[targets].tobytes() == run_by_run[targets].tobytes()
