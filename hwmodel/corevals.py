@@ -129,23 +129,24 @@ def _binary(op):
     return forward, reflected
 
 
+def _each(value: "CoreVal", fn, name: str, args: tuple) -> tuple:
+    """fn applied to every core's value; a core that would raise diverges."""
+    try:
+        return tuple(fn(x, *args) for x in value._v)
+    except Exception as exc:
+        value._c.diverge(f"{name} raised {type(exc).__name__}")
+
+
 def _unary(fn, name: str):
     def method(self, *args):
-        try:
-            values = tuple(fn(x, *args) for x in self._v)
-        except Exception as exc:
-            self._c.diverge(f"{name} raised {type(exc).__name__}")
-        return lift(self._c, values)
+        return lift(self._c, _each(self, fn, name, args))
     return method
 
 
 def _forced(fn, name: str):
-    """A conversion to one plain value (bool, int, index, str, hash...): every core's must agree."""
+    """A conversion to one plain value (bool, int, index, str...): every core's must agree."""
     def method(self, *args):
-        try:
-            values = tuple(fn(x, *args) for x in self._v)
-        except Exception as exc:
-            self._c.diverge(f"{name} raised {type(exc).__name__}")
+        values = _each(self, fn, name, args)
         if not _same(values):
             self._c.diverge(f"{name} of a per-core value")
         return values[0]
