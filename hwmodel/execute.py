@@ -94,11 +94,15 @@ def replay_validated(trace: Trace, machine: MachineSpec, data: dict[str, np.ndar
             if arr.shape != t.shape:
                 raise ValueError(f"data for {t.name!r} has shape {arr.shape}, argument declares {t.shape}")
             gm[t.id] = arr
+        elif targets is not None:   # a slice touches a fraction: its regions start as NaN (_start_touched)
+            gm[t.id] = np.empty(t.shape, NUMPY[t.dtype])
         else:
             gm[t.id] = np.full(t.shape, np.nan if t.dtype in FLOATS else 0, NUMPY[t.dtype])
     by_id = None if targets is None else {t.id: np.asarray(targets[t.name], bool)
                                           for t in trace.tensors if t.name in targets}
-    written = run_numeric(trace, machine, gm, None, by_id)
+    fresh = None if targets is None else {t.id: t.dtype for t in trace.tensors if gm[t.id].flags.writeable}
+    with numerics.single_blas():
+        written = _run(trace, machine, gm, None, by_id, fresh)
     names = {t.id: t.name for t in trace.tensors}
     return ({t.name: gm[t.id] for t in trace.tensors if t.role == "output"},
             {names[i]: mask for i, mask in written.items()})
@@ -117,10 +121,12 @@ def run_numeric(trace: Trace, machine: MachineSpec, gm: dict[int, np.ndarray],
 
 
 def _run(trace: Trace, machine: MachineSpec, gm: dict[int, np.ndarray], cores: set[int] | None,
-         targets: dict[int, np.ndarray] | None) -> dict[int, np.ndarray]:
+         targets: dict[int, np.ndarray] | None, fresh: dict[int, str] | None = None) -> dict[int, np.ndarray]:
     mem = _Memory(gm)
     bounds = phase_bounds(trace)
     kept = sliced_ops(trace, targets, bounds) if targets is not None else None
+    if fresh:
+        _start_touched(trace, gm, bounds, kept, targets, fresh)
     rows = _RowOps()
     n_phases = len(bounds[0]) if bounds else 0
     for phase in range(n_phases):
@@ -141,6 +147,27 @@ def _run(trace: Trace, machine: MachineSpec, gm: dict[int, np.ndarray], cores: s
                 else:
                     op.replay(mem, machine)
     return coverage(trace)
+
+
+def _start_touched(trace: Trace, gm: dict[int, np.ndarray], bounds, kept, targets: dict[int, np.ndarray],
+                   fresh: dict[int, str]) -> None:
+    """Set to NaN (integers to 0) the regions of the `fresh` (uninitialised) GM tensors that the
+    slice's ops touch, and the target elements: every element the sliced replay reads is in
+    one of them, so it sees what a replay on all-NaN tensors sees, without writing (and
+    faulting in) the untouched rest of the workspaces and outputs."""
+    done: set[int] = set()
+    for phase, phase_kept in enumerate(kept):
+        for core, entries in enumerate(phase_kept):
+            ops, start = trace.ops[core], bounds[core][phase][0]
+            for i, _ in entries:
+                op = ops[start + i]
+                for v in op.dst + op.src:
+                    if v.space == "GM" and v.base in fresh and id(v) not in done:
+                        done.add(id(v))
+                        gm[v.base][_index(v)] = np.nan if fresh[v.base] in FLOATS else 0
+    for tensor, mask in targets.items():
+        if tensor in fresh:
+            gm[tensor][mask] = np.nan if fresh[tensor] in FLOATS else 0
 
 
 class _RowOps:
