@@ -210,6 +210,7 @@ def sliced_ops(trace: Trace, targets: dict[int, np.ndarray],
 
     min_saving = MIN_ROW_SAVING
     gm_get = need_gm.get
+    needed_rows = _RowSummary(need_gm)
     for p in reversed(range(n_phases)):
         for core in reversed(range(len(bounds))):
             start, stop = bounds[core][p]
@@ -224,6 +225,8 @@ def sliced_ops(trace: Trace, targets: dict[int, np.ndarray],
                     i = writes[j]
                 op = ops[i]
                 i -= 1
+                if not local and needed_rows.none_needed(op):   # most GM writes: skipped before any numpy
+                    continue
                 f = facts.get(id(op))
                 if f is None:
                     f = facts[id(op)] = _Facts(op, min_saving, operand)
@@ -256,8 +259,46 @@ def sliced_ops(trace: Trace, targets: dict[int, np.ndarray],
                         else:
                             m = local[key] = np.zeros(buffers[v.base].shape, bool)
                     m[at] = True
+                    if key < 0:
+                        needed_rows.mark(key, at)
             kept.reverse()
     return kept_out
+
+
+class _RowSummary:
+    """Per 2-D GM need mask, which rows may hold a needed element (a byte per row): an op
+    whose GM destinations cover only rows marked 0 is surely not needed, found without a
+    numpy call. Rows are marked when a need is added and never cleared (a stale mark only
+    sends the op to the exact check), so skipping on it is exact."""
+
+    def __init__(self, need_gm: dict[int, np.ndarray]):
+        self.rows: dict[int, bytearray] = {key: bytearray(m.any(axis=1).astype(np.uint8).tobytes())
+                                           for key, m in need_gm.items() if m.ndim == 2}
+
+    def mark(self, key: int, at: tuple) -> None:
+        rows = self.rows.get(key)
+        if rows is None and len(at) == 2:
+            rows = self.rows[key] = bytearray(0)
+        if rows is not None:
+            r = at[0]
+            if len(rows) < r.stop:
+                rows.extend(bytes(r.stop - len(rows)))
+            rows[r] = b"\x01" * (r.stop - r.start)
+
+    def none_needed(self, op: Op) -> bool:
+        """Every destination of op is a 2-D GM region whose rows hold no needed element."""
+        for v in op.dst:
+            if v.key >= 0:
+                return False
+            rows = self.rows.get(v.key)
+            if rows is None:
+                if len(v.offset) != 2:
+                    return False
+                continue        # no mask: nothing of this tensor is needed (masks are created by needs)
+            r0 = v.offset[0]
+            if rows.find(1, r0, r0 + v.extent[0]) != -1:
+                return False
+        return True
 
 
 def _needed_rows(f: _Facts, gm_get, local_get) -> np.ndarray:
