@@ -19,16 +19,16 @@ from __future__ import annotations
 import builtins
 import dis
 import operator
-from itertools import repeat
 import sys
+from itertools import repeat
 from types import CodeType
 
 import numpy as np
 
-from hwmodel.corevals import Cores, CoreVal, Diverged, at, force_isinstance, lift, per_core_in
+from hwmodel.corevals import Cores, CoreVal, Diverged, at, force_isinstance, lift
 from hwmodel.dsl import Kernel, _Shared, tile_share
 from hwmodel.ops import Op
-from hwmodel.views import BufferDecl, View
+from hwmodel.views import View
 
 _getframe = sys._getframe
 
@@ -315,4 +315,4 @@ def op_arrays(log: list, n: int) -> tuple[tuple[Op, ...], tuple[np.ndarray, ...]
     return tuple(table), tuple(ids)   # rows of a C-ordered array: each core's ids are contiguous
 
 
-__all__ = ["AllCores", "CoreView", "Diverged", "record_all_cores", "refusal", "BufferDecl"]
+__all__ = ["AllCores", "CoreView", "Diverged", "record_all_cores", "refusal", "slice_views"]
