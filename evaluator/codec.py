@@ -20,6 +20,19 @@ from hwmodel.views import BufferDecl, TensorDecl, View
 MAX_RANK = 6
 _DTYPES = list(BITS)
 _VIEW_COLS = 5 + 3 * MAX_RANK
+_DTYPE_ROW = {d: i for i, d in enumerate(_DTYPES)}
+_PADS = [(0,) * (MAX_RANK - r) for r in range(MAX_RANK + 1)]
+
+
+class _KeepRow(dict):
+    """keep flags -> their 0/1 columns, built once per distinct tuple."""
+
+    def __missing__(self, keep: tuple) -> tuple:
+        row = self[keep] = tuple(int(k) for k in keep)
+        return row
+
+
+_KEEP_ROW = _KeepRow()
 
 
 class CodecError(ValueError):
@@ -31,7 +44,7 @@ def encode(trace: Trace) -> bytes:
     kinds: dict[str, int] = {}
     params: dict[tuple, int] = {}
     view_rows: dict[int, int] = {}
-    views: list[list[int]] = []
+    views: list[tuple[int, ...]] = []
     op_rows: dict[int, int] = {}
     ops: list[tuple[int, ...]] = []
     operands: list[int] = []
@@ -42,10 +55,10 @@ def encode(trace: Trace) -> bytes:
             rank = len(v.offset)
             if rank > MAX_RANK:
                 raise CodecError(f"views of rank {rank} are not supported (max {MAX_RANK})")
-            pad = [0] * (MAX_RANK - rank)
+            pad = _PADS[rank]
             row = view_rows[id(v)] = len(views)
-            views.append([spaces.setdefault(v.space, len(spaces)), v.base, v.slot, _DTYPES.index(v.dtype), rank,
-                          *v.offset, *pad, *v.extent, *pad, *(int(k) for k in v.keep), *pad])
+            views.append((spaces.setdefault(v.space, len(spaces)), v.base, v.slot, _DTYPE_ROW[v.dtype], rank,
+                          *v.offset, *pad, *v.extent, *pad, *_KEEP_ROW[v.keep], *pad))
         return row
 
     for op in trace.distinct_ops():
