@@ -276,10 +276,13 @@ class Kernel(metaclass=_Sealed):
 
     # ------------------------------------------------------------ ops
     def _emit(self, kind: str, dst: tuple, src: tuple, params: tuple = ()) -> None:
-        # Views are memoized (the same slice of the same buffer is one object), so an op is
-        # identified by its operands' identities; a view reached another way is only a
-        # separate (equal) op, checked on its own.
-        key = (kind, _getframe(2).f_lineno, params, *dst, None, *src)
+        self._record(_getframe(2).f_lineno, kind, dst, src, params)
+
+    def _record(self, line: int, kind: str, dst: tuple, src: tuple, params: tuple) -> None:
+        """Append the op issued at the kernel's `line`. Views are memoized (the same slice of the
+        same buffer is one object), so an op is identified by its operands' identities; a view
+        reached another way is only a separate (equal) op, checked on its own."""
+        key = (kind, line, params, *dst, None, *src)
         try:
             op = self._distinct.get(key)
         except TypeError:

@@ -198,24 +198,12 @@ class AllCores(Kernel):
     def mma(self, acc, a, b, accumulate: bool = False, transpose_b: bool = False) -> None:
         self._record(_getframe(1).f_lineno, "mma", (acc,), (a, b), (bool(accumulate), bool(transpose_b)))
 
-    def _emit(self, kind: str, dst: tuple, src: tuple, params: tuple = ()) -> None:
-        self._record(_getframe(2).f_lineno, kind, dst, src, params)
-
     def _record(self, line: int, kind: str, dst: tuple, src: tuple, params: tuple) -> None:
         for v in dst + src:
             if type(v) is CoreView:
                 break
         else:   # the same op on every core
-            key = (kind, line, params, *dst, None, *src)
-            try:
-                op = self._distinct.get(key)
-            except TypeError:
-                op = None
-            if op is None:
-                op = self._new_op(key, kind, dst, src, params)
-            elif len(self._ops) >= self._max_ops:
-                self._too_many(kind)
-            self._ops.append(op)
+            super()._record(line, kind, dst, src, params)
             return
         n, nd, distinct = self._cores.n, len(dst), self._distinct
         ops = []
