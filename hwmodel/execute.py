@@ -86,7 +86,8 @@ def replay_validated(trace: Trace, machine: MachineSpec, data: dict[str, np.ndar
     """hwmodel.simulate.replay for a trace that passed hwmodel.validate (it writes no input), on
     the caller's input arrays without copying them: (outputs by name, written masks by name).
     Workspaces and outputs start as NaN (integers as 0), as there."""
-    gm = {}
+    gm: dict[int, np.ndarray] = {}
+    fresh: dict[int, str] = {}   # uninitialised tensors of a sliced replay: id -> dtype (see _start_touched)
     for t in trace.tensors:
         if t.role == "input" and t.name in data:
             arr = np.asarray(data[t.name], NUMPY[t.dtype]).view()
@@ -96,28 +97,29 @@ def replay_validated(trace: Trace, machine: MachineSpec, data: dict[str, np.ndar
             gm[t.id] = arr
         elif targets is not None:   # a slice touches a fraction: its regions start as NaN (_start_touched)
             gm[t.id] = np.empty(t.shape, NUMPY[t.dtype])
+            fresh[t.id] = t.dtype
         else:
             gm[t.id] = np.full(t.shape, np.nan if t.dtype in FLOATS else 0, NUMPY[t.dtype])
     by_id = None if targets is None else {t.id: np.asarray(targets[t.name], bool)
                                           for t in trace.tensors if t.name in targets}
-    fresh = None if targets is None else {t.id: t.dtype for t in trace.tensors if gm[t.id].flags.writeable}
-    with numerics.single_blas():
-        written = _run(trace, machine, gm, None, by_id, fresh)
+    written = run_numeric(trace, machine, gm, None, by_id, fresh)
     names = {t.id: t.name for t in trace.tensors}
     return ({t.name: gm[t.id] for t in trace.tensors if t.role == "output"},
             {names[i]: mask for i, mask in written.items()})
 
 
 def run_numeric(trace: Trace, machine: MachineSpec, gm: dict[int, np.ndarray],
-                cores: set[int] | None = None, targets: dict[int, np.ndarray] | None = None) -> dict[int, np.ndarray]:
+                cores: set[int] | None = None, targets: dict[int, np.ndarray] | None = None,
+                fresh: dict[int, str] | None = None) -> dict[int, np.ndarray]:
     """Replay `trace` on the GM arrays (modified in place). Returns, per output tensor id, a
     boolean mask of the elements that some op wrote (on any core, replayed or not).
 
     `cores`: replay only these cores in the last phase. `targets` (tensor id -> element mask):
     replay only the backward slice of those elements, which end with their full-replay values
-    (other elements are unspecified)."""
+    (other elements are unspecified). `fresh` (tensor id -> dtype, with targets): tensors
+    allocated uninitialised, of which the slice's regions are set to NaN (0) first."""
     with numerics.single_blas():   # thousands of small GEMMs: threads only contend
-        return _run(trace, machine, gm, cores, targets)
+        return _run(trace, machine, gm, cores, targets, fresh)
 
 
 def _run(trace: Trace, machine: MachineSpec, gm: dict[int, np.ndarray], cores: set[int] | None,
